@@ -1,0 +1,193 @@
+"""The `edgeseg` command line. Every user-facing failure is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
+CLASSES_METADATA = "edgeseg_class_names"
+
+
+@dataclass
+class OpenedModel:
+    runtime: object
+    class_names: tuple[str, ...]
+    description: str
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
+    """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
+    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.voc import VOC_CLASSES
+
+    stored = TFLiteFile(path).metadata(CLASSES_METADATA)
+    if stored:
+        return tuple(json.loads(stored.decode()))
+    if num_classes in (0, len(VOC_CLASSES)):
+        return VOC_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)")
+    source.add_argument("--tflite", type=Path, help="any segmentation .tflite file (runs with LiteRT)")
+    source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors from `edgeseg train`)")
+    parser.add_argument("--backend", choices=["torch", "litert"],
+                        help="torch (FP32) or litert; default torch for --model when installed")
+    parser.add_argument("--threads", type=int, default=None, help="LiteRT CPU threads (default: LiteRT's)")
+
+
+def open_model(args: argparse.Namespace) -> OpenedModel:
+    """Returns the runtime and class names that --model / --tflite / --weights and --backend ask for."""
+    from edgeseg.registry import get_entry
+    from edgeseg.runtimes.litert import LiteRTRuntime
+
+    if args.tflite is not None:
+        if args.backend == "torch":
+            raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
+        runtime = LiteRTRuntime(args.tflite, num_threads=args.threads)
+        return OpenedModel(runtime, tflite_class_names(args.tflite, runtime.num_classes), str(args.tflite))
+    if args.weights is not None:
+        if args.backend == "litert":
+            raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
+        from edgeseg.runtimes.torch import TorchRuntime
+        from edgeseg.zoo import load_checkpoint
+
+        model, entry = load_checkpoint(args.weights)
+        runtime = TorchRuntime(model, num_classes=entry.num_classes, name=f"torch:{args.weights.name}")
+        return OpenedModel(runtime, entry.class_names, str(args.weights))
+    entry = get_entry(args.model or DEFAULT_MODEL)
+    backend = args.backend or ("torch" if _torch_available() else "litert")
+    if backend == "litert":
+        from edgeseg.zoo import official_tflite
+
+        runtime = LiteRTRuntime(official_tflite(entry.name), num_threads=args.threads)
+        return OpenedModel(runtime, entry.class_names, f"{entry.name} (official INT8 TFLite)")
+    if not _torch_available():
+        raise EdgesegError("the torch backend needs PyTorch: pip install 'edgeseg[torch]'")
+    from edgeseg.runtimes.torch import TorchRuntime
+    from edgeseg.zoo import create_model
+
+    runtime = TorchRuntime(create_model(entry.name), num_classes=entry.num_classes, name=f"torch:{entry.name}")
+    return OpenedModel(runtime, entry.class_names, f"{entry.name} (PyTorch FP32)")
+
+
+# Commands --------------------------------------------------------------------------------------------
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from edgeseg.registry import get_entry, list_models
+    from edgeseg.weights import local_weights
+
+    print(f"{'name':<26} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
+    for name in list_models(args.pattern):
+        entry = get_entry(name)
+        local = local_weights(entry.weights)
+        where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
+        published = f"{entry.published.get('miou_fp32', '-')}/{entry.published.get('miou_int8', '-')}"
+        print(f"{name:<26} {entry.num_classes:>7} {published:>25}  {where}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from edgeseg.files import atomic_path, ensure_writable_dir
+    from edgeseg.pipeline import load_image, segment
+    from edgeseg.visualize import class_shares, label_image, overlay
+
+    out_dir = ensure_writable_dir(args.output)
+    opened = open_model(args)
+    failures = 0
+    for path in args.images:
+        try:
+            pixels = load_image(path)
+        except EdgesegError as exc:
+            if len(args.images) == 1:
+                raise
+            # Keep going: one bad file should not cost the others their results.
+            print(f"edgeseg: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        labels = segment(pixels, opened.runtime)
+        stem = Path(path).stem
+        with atomic_path(out_dir / f"{stem}_labels.png") as tmp:
+            label_image(labels).save(tmp, format="PNG")
+        with atomic_path(out_dir / f"{stem}_overlay.png") as tmp:
+            overlay(pixels, labels, opened.class_names).save(tmp, format="PNG")
+        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in class_shares(labels, opened.class_names))
+        print(f"{path}: {shares}")
+    if failures:
+        raise EdgesegError(f"{failures} of {len(args.images)} images could not be read")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from edgeseg.data import open_dataset
+    from edgeseg.evaluate import evaluate, format_table
+    from edgeseg.files import atomic_path
+
+    dataset = open_dataset(args.voc_root, args.split, args.limit)
+    opened = open_model(args)
+    result = evaluate(opened.runtime, dataset, opened.class_names, skip_bad=args.skip_bad)
+    print(f"{opened.description} on {dataset.description}")
+    print(format_table(result))
+    if args.json:
+        report = {"model": opened.description, "data": dataset.description, **result.to_dict()}
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list zoo models and whether their weights are present")
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*dm05*'")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("predict", help="segment images: palette label map + overlay PNG per image")
+    p.add_argument("images", nargs="+", type=Path)
+    add_model_args(p)
+    p.add_argument("-o", "--output", type=Path, default=Path("predictions"), help="output folder")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="VOC mIoU over a split (one confusion matrix, 255 ignored)")
+    p.add_argument("--voc-root", type=Path, required=True,
+                   help="VOCdevkit/VOC2012-style folder, or a folder with images/ and masks/")
+    p.add_argument("--split", default="val")
+    add_model_args(p)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgesegError as exc:
+        print(f"edgeseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeseg: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Segmentation datasets: VOCdevkit folders, or plain images/ + masks/ folder pairs.
+
+Masks are read as palette indices (never converted to RGB or grey), 255 meaning "ignore".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image_path: Path
+    mask_path: Path
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Returns the mask's label indices as uint8 (H, W). Palette ('P') and greyscale ('L') masks only."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("P", "L"):
+                raise EdgesegError(f"{path}: mask mode {mask.mode}, expected a palette (P) or index (L) PNG")
+            return np.asarray(mask, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise EdgesegError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise EdgesegError(f"{path}: cannot read mask ({exc})") from None
+
+
+class SegmentationFolder:
+    """A list of (image, mask) samples; `VOC(root, split)` and `ImageMaskFolders(dir)` build one."""
+
+    def __init__(self, samples: list[Sample], description: str) -> None:
+        self.samples = samples
+        self.description = description
+        missing = [s for s in samples for p in (s.image_path, s.mask_path) if not p.is_file()]
+        if missing:
+            paths = sorted({str(p) for s in missing for p in (s.image_path, s.mask_path) if not p.is_file()})
+            raise EdgesegError(
+                f"{description}: {len(paths)} listed files are missing, e.g. {', '.join(paths[:3])}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (uint8 RGB image, uint8 mask), raising a one-line error if their sizes differ."""
+        image, mask = load_image(sample.image_path), load_mask(sample.mask_path)
+        if image.shape[:2] != mask.shape:
+            raise EdgesegError(
+                f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                f"image is {image.shape[1]}x{image.shape[0]}"
+            )
+        return image, mask
+
+    def __iter__(self) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
+        for sample in self.samples:
+            yield (sample, *self.load(sample))
+
+
+def voc(root: str | Path, split: str = "val", limit: int | None = None) -> SegmentationFolder:
+    """Returns the VOCdevkit split at root (the folder holding JPEGImages/, SegmentationClass/)."""
+    root = Path(root)
+    split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not split_file.is_file():
+        raise EdgesegError(f"{root}: not a VOC folder (no {split_file.relative_to(root)})")
+    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if limit is not None:
+        ids = ids[:limit]
+    samples = [
+        Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
+    ]
+    return SegmentationFolder(samples, f"VOC {split} ({root})")
+
+
+def image_mask_folders(root: str | Path, limit: int | None = None) -> SegmentationFolder:
+    """Returns the pairs root/images/<id>.<ext> + root/masks/<id>.png."""
+    root = Path(root)
+    images_dir, masks_dir = root / "images", root / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise EdgesegError(f"{root}: expected images/ and masks/ folders")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit is not None:
+        images = images[:limit]
+    samples = [Sample(p.stem, p, masks_dir / f"{p.stem}.png") for p in images]
+    if not samples:
+        raise EdgesegError(f"{images_dir}: no images found")
+    return SegmentationFolder(samples, f"folder {root}")
+
+
+def open_dataset(root: str | Path, split: str = "val", limit: int | None = None) -> SegmentationFolder:
+    """Returns a VOCdevkit split, or the images/ + masks/ pair when root has no ImageSets/."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgesegError(f"{root}: no such folder")
+    if (root / "ImageSets").is_dir():
+        return voc(root, split, limit)
+    split_root = root / split if (root / split / "images").is_dir() else root
+    return image_mask_folders(split_root, limit)

@@ -1,0 +1,79 @@
+"""Turn an official DeepLab TFLite file into a float PyTorch state dict.
+
+Each conv or depthwise op's weight tensor is named after its TF scope (for example
+`MobilenetV2/expanded_conv_3/expand/Conv2D_Fold`); that scope, not the op order, decides which
+torch module receives it. The bias is the same op's third input. Weights are dequantized with their
+own (per-tensor or per-channel) scale and zero point; int32 biases with their scale.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeseg.errors import EdgesegError
+from edgeseg.tflite_file import TFLiteFile
+
+_HEAD_SCOPES = {
+    "aspp0": "head.aspp0",
+    "image_pooling": "head.image_pooling",
+    "concat_projection": "head.projection",
+    "logits/semantic": "head.classifier",
+}
+_BLOCK = re.compile(r"MobilenetV2/expanded_conv(?:_(\d+))?/(expand|depthwise|project)$")
+
+
+def torch_module_for(tf_scope: str) -> str:
+    """Returns the torch module path for a TF layer scope, e.g. 'backbone.blocks.3.expand'."""
+    if tf_scope == "MobilenetV2/Conv":
+        return "backbone.stem"
+    if tf_scope in _HEAD_SCOPES:
+        return _HEAD_SCOPES[tf_scope]
+    match = _BLOCK.match(tf_scope)
+    if match is None:
+        raise EdgesegError(f"unexpected layer {tf_scope!r} in the official file")
+    return f"backbone.blocks.{int(match.group(1) or 0)}.{match.group(2)}"
+
+
+def layer_scope(weight_name: str) -> str:
+    scope = weight_name.split(";")[0]
+    return re.sub(r"/(Conv2D_Fold|depthwise_Fold|Conv2D|weights)$", "", scope)
+
+
+def state_dict_from_tflite(path: str | Path) -> dict[str, torch.Tensor]:
+    """Returns {torch name: float tensor} for every conv in the file (OIHW layout, BN folded)."""
+    tfl = TFLiteFile(path)
+    state: dict[str, torch.Tensor] = {}
+    for op in tfl.ops:
+        if op.type not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        weight, bias = tfl.tensors[op.inputs[1]], tfl.tensors[op.inputs[2]]
+        module = torch_module_for(layer_scope(weight.name))
+        w = weight.dequantized()
+        # TFLite: conv OHWI, depthwise 1HWC. torch: OIHW, depthwise C1HW.
+        w = w.transpose(3, 0, 1, 2) if op.type == "DEPTHWISE_CONV_2D" else w.transpose(0, 3, 1, 2)
+        if f"{module}.conv.weight" in state:
+            raise EdgesegError(f"{path}: layer {module} appears twice")
+        state[f"{module}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(w))
+        state[f"{module}.conv.bias"] = torch.from_numpy(bias.dequantized().astype(np.float32))
+    return state
+
+
+def load_official_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Copies the official file's weights into `model`, failing on any missing, extra or misshaped tensor."""
+    imported = state_dict_from_tflite(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(imported))
+    extra = sorted(set(imported) - set(expected))
+    if missing or extra:
+        raise EdgesegError(f"{path}: weights do not match the model: missing {missing[:3]}, extra {extra[:3]}")
+    for name, value in imported.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise EdgesegError(
+                f"{path}: {name} has shape {tuple(value.shape)}, model expects {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(imported, strict=True)
+    return model

@@ -1,0 +1,54 @@
+"""DeepLabV3 with a MobileNetV2 backbone, as in the TF DeepLab mobilenetv2 checkpoints.
+
+The head is DeepLab's MobileNet variant: a 1x1 branch (`aspp0`) and an image-pooling branch,
+concatenated (pooling first), projected, then classified. No atrous ASPP branches, no decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgeseg.models.mobilenetv2 import ConvAct, MobileNetV2
+
+
+class DeepLabHead(nn.Module):
+    def __init__(self, in_ch: int, num_classes: int, depth: int = 256) -> None:
+        super().__init__()
+        self.aspp0 = ConvAct(in_ch, depth, act=nn.ReLU)
+        self.image_pooling = ConvAct(in_ch, depth, act=nn.ReLU)
+        self.projection = ConvAct(2 * depth, depth, act=nn.ReLU)
+        self.classifier = ConvAct(depth, num_classes, act=None)
+
+    def forward(self, features: Tensor) -> Tensor:
+        size = features.shape[-2:]
+        # A fixed-size average pool (not adaptive/mean) converts to AVERAGE_POOL_2D, as in the official file.
+        pooled = self.image_pooling(F.avg_pool2d(features, kernel_size=size))
+        # Upsample rather than expand: expand becomes a BROADCAST_TO that LiteRT rejects.
+        pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=True)
+        x = torch.cat([pooled, self.aspp0(features)], dim=1)
+        return self.classifier(self.projection(x))
+
+
+class DeepLabV3(nn.Module):
+    """Returns logits at the input resolution (bilinear, align_corners=True, as DeepLab resizes)."""
+
+    def __init__(self, backbone: MobileNetV2, head: DeepLabHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """Returns the classifier's logits at output stride (33x33 for a 513x513 input)."""
+        return self.head(self.backbone(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def deeplabv3_mobilenet_v2(*, width_mult: float, num_classes: int, output_stride: int = 16) -> DeepLabV3:
+    """Builds an untrained DeepLabV3-MobileNetV2 for any number of classes."""
+    backbone = MobileNetV2(width_mult=width_mult, output_stride=output_stride)
+    return DeepLabV3(backbone, DeepLabHead(backbone.out_channels, num_classes))

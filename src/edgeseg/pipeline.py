@@ -1,0 +1,121 @@
+"""The steps around a runtime: image -> preprocess -> runtime -> postprocess -> label map.
+
+DeepLab's rules: scale pixels to x*2/255-1, pad bottom/right to the input size with the mean pixel
+(0 after scaling), crop the padding off the prediction, and compare at the image's original size.
+An image larger than the input is first resized so its longer side fits, keeping the aspect ratio.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgeseg.errors import EdgesegError
+from edgeseg.registry import Preprocess
+
+DEEPLAB = Preprocess()
+
+
+class Runtime(Protocol):
+    """What predict, evaluate and benchmark need from a backend (PyTorch or LiteRT)."""
+
+    name: str
+    input_size: int
+    num_classes: int
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) no larger than input_size."""
+        ...
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Returns the image as uint8 RGB (H, W, 3), EXIF orientation applied; 16-bit and alpha handled."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise EdgesegError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise EdgesegError(f"{path}: cannot read image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Returns uint8 RGB pixels for any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F...)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float greyscale: bring the 16-bit range down to 8 bits, then grey -> RGB.
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode != "F" and values.max(initial=0) > 255:
+            values = values / 257.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def fit_to_input(pixels: np.ndarray, input_size: int) -> np.ndarray:
+    """Returns the pixels unchanged, or resized (bilinear) so the longer side is input_size."""
+    height, width = pixels.shape[:2]
+    if max(height, width) <= input_size:
+        return pixels
+    ratio = input_size / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
+
+
+def normalize_and_pad(pixels: np.ndarray, input_size: int, cfg: Preprocess = DEEPLAB) -> np.ndarray:
+    """Returns float32 (input_size, input_size, 3): scaled pixels, padded bottom/right with cfg.pad_value."""
+    height, width = pixels.shape[:2]
+    out = np.full((input_size, input_size, 3), cfg.pad_value, dtype=np.float32)
+    out[:height, :width] = pixels.astype(np.float32) * cfg.scale + cfg.offset
+    return out
+
+
+def align_corners_matrix(out_size: int, in_size: int, keep: int) -> np.ndarray:
+    """Returns the (keep, in_size) bilinear weights of the first `keep` outputs of an align_corners resize."""
+    if in_size == 1 or out_size == 1:
+        weights = np.zeros((keep, in_size), dtype=np.float32)
+        weights[:, 0] = 1.0
+        return weights
+    pos = np.arange(keep, dtype=np.float64) * (in_size - 1) / (out_size - 1)
+    low = np.minimum(np.floor(pos).astype(int), in_size - 2)
+    frac = (pos - low).astype(np.float32)
+    weights = np.zeros((keep, in_size), dtype=np.float32)
+    weights[np.arange(keep), low] = 1.0 - frac
+    weights[np.arange(keep), low + 1] += frac
+    return weights
+
+
+def labels_from_logits(logits: np.ndarray, input_size: int, height: int, width: int) -> np.ndarray:
+    """Returns argmax labels (height, width) of (h, w, C) logits resized to input_size with align_corners.
+
+    Only the valid (un-padded) region is interpolated: the padding would be cropped anyway.
+    """
+    h, w, channels = logits.shape
+    rows = align_corners_matrix(input_size, h, height)
+    cols = align_corners_matrix(input_size, w, width)
+    tmp = rows @ logits.reshape(h, w * channels).astype(np.float32)  # (height, w*C)
+    tmp = tmp.reshape(height, w, channels).transpose(0, 2, 1)  # (height, C, w)
+    return np.argmax(tmp @ cols.T, axis=1)  # (height, C, width) -> (height, width)
+
+
+def restore_size(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Returns uint8 labels at (height, width), nearest-neighbour, unchanged if already that size."""
+    labels = labels.astype(np.uint8)
+    if labels.shape == (height, width):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+
+
+def segment(pixels: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Returns uint8 labels (H, W) for uint8 RGB pixels (H, W, 3) of any size."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise EdgesegError(f"expected uint8 RGB pixels of shape (H, W, 3), got {pixels.dtype} {pixels.shape}")
+    fitted = fit_to_input(pixels, runtime.input_size)
+    labels = runtime.predict(fitted)
+    return restore_size(labels, *pixels.shape[:2])

@@ -1,0 +1,137 @@
+"""Read a .tflite flatbuffer without running it: ops, tensors, quantization and constant data.
+
+Uses the schema bindings that ship with ai-edge-litert, so no TensorFlow is needed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from edgeseg.errors import EdgesegError
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_NUMPY_TYPES = {
+    "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8,
+    "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "BOOL": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # TFLite type name, e.g. "UINT8"
+    scale: np.ndarray | None
+    zero_point: np.ndarray | None
+    quantized_dim: int
+    data: np.ndarray | None  # constant tensors only
+
+    @property
+    def scope(self) -> str:
+        """Returns the first of the ';'-joined fused names, which names the layer that owns it."""
+        return self.name.split(";")[0]
+
+    def dequantized(self) -> np.ndarray:
+        """Returns the constant data as float32, undoing per-tensor or per-channel quantization."""
+        if self.data is None:
+            raise EdgesegError(f"tensor {self.name!r} holds no constant data")
+        values = self.data.astype(np.float32)
+        if self.scale is None or self.scale.size == 0:
+            return values
+        shape = [1] * values.ndim
+        if self.scale.size > 1:
+            shape[self.quantized_dim] = -1
+        scale = self.scale.reshape(shape).astype(np.float32)
+        zero_point = self.zero_point.reshape(shape).astype(np.float32)
+        return (values - zero_point) * scale
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    index: int
+    type: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: dict
+
+
+class TFLiteFile:
+    """A parsed .tflite file (main subgraph only)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            buf = self.path.read_bytes()
+            if len(buf) < 8 or buf[4:8] != b"TFL3":
+                raise ValueError("no TFL3 identifier")
+            self._model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
+        except FileNotFoundError:
+            raise EdgesegError(f"{self.path}: no such file") from None
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite model"
+            raise EdgesegError(f"{self.path}: not a valid .tflite file ({exc})") from None
+        self._graph = self._model.subgraphs[0]
+
+    @cached_property
+    def tensors(self) -> list[TensorInfo]:
+        return [self._tensor(i, t) for i, t in enumerate(self._graph.tensors)]
+
+    def _tensor(self, index: int, t) -> TensorInfo:
+        dtype = _TYPE_NAMES.get(t.type, str(t.type))
+        q = t.quantization
+        scale = np.asarray(q.scale) if q is not None and q.scale is not None else None
+        zero_point = np.asarray(q.zeroPoint) if q is not None and q.zeroPoint is not None else None
+        data = None
+        buffer = self._model.buffers[t.buffer] if t.buffer < len(self._model.buffers) else None
+        if buffer is not None and buffer.data is not None and len(buffer.data) > 0:
+            raw = np.asarray(buffer.data, dtype=np.uint8).tobytes()
+            shape = tuple(int(s) for s in t.shape) if t.shape is not None else ()
+            data = np.frombuffer(raw, dtype=_NUMPY_TYPES[dtype]).reshape(shape)
+        return TensorInfo(
+            index=index,
+            name=t.name.decode() if isinstance(t.name, bytes) else str(t.name),
+            shape=tuple(int(s) for s in t.shape) if t.shape is not None else (),
+            dtype=dtype,
+            scale=scale,
+            zero_point=zero_point,
+            quantized_dim=q.quantizedDimension if q is not None else 0,
+            data=data,
+        )
+
+    @cached_property
+    def ops(self) -> list[OpInfo]:
+        ops = []
+        for i, op in enumerate(self._graph.operators):
+            code = self._model.operatorCodes[op.opcodeIndex]
+            name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            if name == "CUSTOM" and code.customCode:
+                name = f"CUSTOM:{code.customCode.decode()}"
+            options = dict(vars(op.builtinOptions)) if op.builtinOptions is not None else {}
+            ops.append(OpInfo(i, name, tuple(op.inputs), tuple(op.outputs), options))
+        return ops
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [self.tensors[i] for i in self._graph.inputs]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [self.tensors[i] for i in self._graph.outputs]
+
+    def metadata(self, name: str) -> bytes | None:
+        """Returns the bytes of the named metadata entry, or None."""
+        for entry in self._model.metadata or []:
+            if entry.name is not None and entry.name.decode() == name:
+                data = self._model.buffers[entry.buffer].data
+                return None if data is None else np.asarray(data, dtype=np.uint8).tobytes()
+        return None
+
+    def op_counts(self) -> Counter:
+        return Counter(op.type for op in self.ops)

@@ -1,0 +1,56 @@
+"""Label maps as palette PNGs, and overlays with a legend of the classes present."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from edgeseg.voc import voc_palette
+
+
+def label_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
+    """Returns the labels as a palette ('P') image: indices stay indices, colours come from the palette."""
+    palette = voc_palette() if palette is None else palette
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(palette[:256].reshape(-1).tolist())
+    return img
+
+
+def class_shares(labels: np.ndarray, class_names: tuple[str, ...]) -> list[tuple[str, float]]:
+    """Returns (class name, share of pixels) for the classes present, largest first."""
+    counts = np.bincount(labels.reshape(-1), minlength=len(class_names))
+    order = np.argsort(-counts, kind="stable")
+    return [(class_names[i], counts[i] / labels.size) for i in order if counts[i] > 0]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(
+    pixels: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
+    palette: np.ndarray | None = None, alpha: float = 0.55,
+) -> Image.Image:
+    """Returns the image blended with the class colours, with a legend panel on the right."""
+    palette = voc_palette() if palette is None else palette
+    colours = palette[labels]
+    blended = pixels.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    # Background stays as the photo so the objects stand out.
+    blended = np.where(labels[..., None] == 0, pixels, blended).astype(np.uint8)
+    height, width = labels.shape
+    shares = class_shares(labels, class_names)
+    font_size = max(12, height // 30)
+    row = int(font_size * 1.6)
+    panel_width = font_size * 12
+    canvas = Image.new("RGB", (width + panel_width, max(height, row * (len(shares) + 1))), "white")
+    canvas.paste(Image.fromarray(blended), (0, 0))
+    draw, font = ImageDraw.Draw(canvas), _font(font_size)
+    for i, (name, share) in enumerate(shares):
+        top = row // 2 + i * row
+        colour = tuple(int(c) for c in palette[class_names.index(name)])
+        draw.rectangle([width + 8, top, width + 8 + font_size, top + font_size], fill=colour, outline="black")
+        draw.text((width + 16 + font_size, top), f"{name} {100 * share:.1f}%", fill="black", font=font)
+    return canvas

@@ -1,0 +1,95 @@
+"""Find an entry's weights file: the user cache, then a local mirror, then the official URL.
+
+Every file is checked against its sha256 before use; downloads land in a temp file and are renamed
+into the cache only once the checksum matches, so the cache never holds a partial or wrong file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgeseg.errors import EdgesegError
+from edgeseg.registry import WeightsFile
+
+HOME_ENV = "EDGESEG_HOME"
+MIRROR_ENV = "EDGESEG_MIRROR"
+
+
+def cache_dir() -> Path:
+    """Returns the edgeseg cache folder ($EDGESEG_HOME, default ~/.cache/edgeseg)."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "edgeseg")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, weights: WeightsFile) -> Path:
+    actual = sha256_of(path)
+    if actual != weights.sha256:
+        raise EdgesegError(
+            f"checksum mismatch for {path}: sha256 {actual[:16]}..., expected {weights.sha256[:16]}..."
+        )
+    return path
+
+
+def local_weights(weights: WeightsFile) -> Path | None:
+    """Returns the first local copy (cache, then mirror) without checking it, or None."""
+    candidates = [cache_dir() / weights.filename]
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        candidates.append(Path(mirror) / weights.filename)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def resolve_weights(weights: WeightsFile, *, download: bool = True) -> Path:
+    """Returns a verified local path to `weights`, downloading it into the cache if needed."""
+    local = local_weights(weights)
+    if local is not None:
+        return _verified(local, weights)
+    if not download:
+        raise EdgesegError(_offline_message(weights))
+    return _download(weights)
+
+
+def _offline_message(weights: WeightsFile) -> str:
+    return (
+        f"weights {weights.filename} not found locally and could not be downloaded from {weights.url}; "
+        f"put the file in ${HOME_ENV} ({cache_dir()}) or in a folder named by ${MIRROR_ENV}"
+    )
+
+
+def _download(weights: WeightsFile) -> Path:
+    target = cache_dir() / weights.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(weights.url, timeout=30)
+            except (urllib.error.URLError, OSError) as exc:
+                raise EdgesegError(f"{_offline_message(weights)} ({exc})") from None
+            with response, tqdm(
+                total=int(response.headers.get("Content-Length") or weights.num_bytes),
+                unit="B", unit_scale=True, desc=weights.filename,
+            ) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        _verified(tmp, weights)
+        os.replace(tmp, target)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""Build zoo models with their weights, and open any model as a Runtime.
+
+Pretrained torch weights come from the official TFLite file, dequantized once and cached as
+safetensors (never pickle). Fine-tuned checkpoints are safetensors files whose metadata names the
+architecture and carries class names, so they load like any zoo entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_path
+from edgeseg.registry import ModelEntry, get_entry
+from edgeseg.weights import cache_dir, resolve_weights
+
+
+def official_tflite(name: str) -> Path:
+    """Returns the verified local path of an entry's official INT8 TFLite file."""
+    entry = get_entry(name)
+    return resolve_weights(entry.weights)
+
+
+def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def pretrained_state_dict(entry: ModelEntry) -> dict:
+    """Returns the float state dict imported from the official file (cached as safetensors)."""
+    from safetensors.torch import load_file
+
+    from edgeseg.import_official import state_dict_from_tflite
+
+    cached = cache_dir() / f"{entry.name}-{entry.weights.sha256[:12]}.safetensors"
+    if cached.is_file():
+        return load_file(cached)
+    state = state_dict_from_tflite(resolve_weights(entry.weights))
+    _atomic_save_safetensors(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
+    return state
+
+
+def build_model(entry: ModelEntry, num_classes: int | None = None):
+    """Returns an untrained torch model with the entry's architecture."""
+    from edgeseg.models import deeplabv3_mobilenet_v2
+
+    return deeplabv3_mobilenet_v2(
+        width_mult=entry.width_mult, num_classes=num_classes or entry.num_classes,
+        output_stride=entry.output_stride,
+    )
+
+
+def create_model(name: str, *, pretrained: bool = True, num_classes: int | None = None):
+    """Returns the zoo model `name` as a torch module, with the official weights if `pretrained`.
+
+    With a `num_classes` different from the entry's, everything but the final classifier is pretrained.
+    """
+    entry = get_entry(name)
+    model = build_model(entry, num_classes)
+    if not pretrained:
+        return model
+    state = pretrained_state_dict(entry)
+    if num_classes not in (None, entry.num_classes):
+        state = {k: v for k, v in state.items() if not k.startswith("head.classifier.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.classifier.")})
+    _check_and_load(model, state, entry.weights.filename)
+    return model
+
+
+def _check_and_load(model, state: dict, source: str) -> None:
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+        raise EdgesegError(f"{source}: weights do not match the model architecture")
+    model.load_state_dict(state)
+
+
+# Fine-tuned checkpoints: safetensors whose metadata names the base entry and the class names.
+
+def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) -> None:
+    """Writes model weights as safetensors, with the base entry and class names in the metadata."""
+    metadata = {"edgeseg_base": base_name, "class_names": json.dumps(list(entry.class_names))}
+    _atomic_save_safetensors(model.state_dict(), Path(path), metadata)
+
+
+def checkpoint_entry(path: str | Path) -> ModelEntry:
+    """Returns the entry a checkpoint was trained from, renamed and with the checkpoint's classes."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any parse error means "not a checkpoint"
+        raise EdgesegError(f"{path}: not a safetensors checkpoint ({exc})") from None
+    if "edgeseg_base" not in metadata or "class_names" not in metadata:
+        raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
+    base = get_entry(metadata["edgeseg_base"])
+    classes = tuple(json.loads(metadata["class_names"]))
+    return replace(base, name=path.stem, class_names=classes, published={}, measured={})
+
+
+def load_checkpoint(path: str | Path):
+    """Returns (torch model, entry) for a fine-tuned checkpoint."""
+    from safetensors.torch import load_file
+
+    entry = checkpoint_entry(path)
+    model = build_model(entry)
+    _check_and_load(model, load_file(str(path)), str(path))
+    return model, entry

@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data comes from ../shared (relative to the repo root), as in CI."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VOC_ROOT = SHARED / "voc" / "VOC2012"
+MODELS = SHARED / "models"
+
+os.environ.setdefault("EDGESEG_MIRROR", str(MODELS))
+# Never write into the user's cache from tests.
+os.environ["EDGESEG_HOME"] = tempfile.mkdtemp(prefix="edgeseg-test-home-")
+
+if not VOC_ROOT.is_dir() or not MODELS.is_dir():
+    raise pytest.UsageError(f"tests need the shared data at {SHARED} (see README)")
+
+
+@pytest.fixture(scope="session")
+def voc_root() -> Path:
+    return VOC_ROOT
+
+
+@pytest.fixture(scope="session")
+def dm05_model():
+    from edgeseg.zoo import create_model
+
+    return create_model("deeplabv3_mnv2_dm05_voc").eval()
+
+
+@pytest.fixture(scope="session")
+def dm05_official() -> Path:
+    from edgeseg.zoo import official_tflite
+
+    return official_tflite("deeplabv3_mnv2_dm05_voc")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def classifier_tflite(tmp_path_factory) -> Path:
+    """A real .tflite that is not a segmentation model (a tiny classifier), converted with litert-torch."""
+    import litert_torch
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10)).eval()
+    path = tmp_path_factory.mktemp("tflite") / "classifier.tflite"
+    litert_torch.convert(model, (torch.zeros(1, 2, 2, 3),)).export(str(path))
+    return path

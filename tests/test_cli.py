@@ -1,0 +1,105 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg.cli import main
+from edgeseg.voc import VOC_CLASSES
+
+SKIMAGE = pytest.importorskip("skimage.data")
+
+
+def _demo(name):
+    return os.path.join(SKIMAGE.data_dir, name)
+
+
+def test_predict_labels_the_person_and_the_cat(tmp_path, capsys):
+    assert main(["predict", _demo("astronaut.png"), _demo("chelsea.png"), "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "astronaut.png: " in out and "chelsea.png: cat" in out  # cat is the largest class
+    with Image.open(tmp_path / "astronaut_labels.png") as labels:
+        assert labels.mode == "P" and labels.size == (512, 512)
+        astronaut = np.asarray(labels)
+    assert (astronaut == VOC_CLASSES.index("person")).mean() > 0.3
+    with Image.open(tmp_path / "chelsea_labels.png") as labels:
+        assert (np.asarray(labels) == VOC_CLASSES.index("cat")).mean() > 0.5
+    with Image.open(tmp_path / "chelsea_overlay.png") as overlay:
+        assert overlay.mode == "RGB" and overlay.size[0] > 451  # image plus legend panel
+    assert not list(tmp_path.glob(".*part"))  # no temp files left behind
+
+
+def test_predict_with_the_official_tflite_backend(tmp_path, capsys):
+    assert main(["predict", _demo("chelsea.png"), "--backend", "litert", "-o", str(tmp_path)]) == 0
+    assert "chelsea.png: cat" in capsys.readouterr().out
+
+
+def test_evaluate_writes_json(voc_root, dm05_official, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    code = main(["evaluate", "--voc-root", str(voc_root), "--tflite", str(dm05_official),
+                 "--limit", "5", "--json", str(report)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "person" in out and "images/s" in out
+    data = json.loads(report.read_text())
+    assert data["num_images"] == 5 and len(data["per_class_iou"]) == 21
+    assert 0 < data["miou"] <= 100
+
+
+def _bad_voc(voc_root, tmp_path):
+    root = tmp_path / "VOC"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    ids = [line for line in (voc_root / "ImageSets/Segmentation/val.txt").read_text().split()][:3]
+    for i in ids:
+        shutil.copy(voc_root / "JPEGImages" / f"{i}.jpg", root / "JPEGImages")
+        shutil.copy(voc_root / "SegmentationClass" / f"{i}.png", root / "SegmentationClass")
+    (root / "JPEGImages" / f"{ids[1]}.jpg").write_bytes(b"corrupt")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids))
+    return root
+
+
+def test_evaluate_stops_or_skips_on_a_bad_file(voc_root, dm05_official, tmp_path, capsys):
+    root = _bad_voc(voc_root, tmp_path)
+    args = ["evaluate", "--voc-root", str(root), "--tflite", str(dm05_official)]
+    assert main(args) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main([*args, "--skip-bad"]) == 0
+    out = capsys.readouterr()
+    assert "2 images" in out.out and "1 skipped" in out.out and "warning: skipped" in out.err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["predict", "missing.jpg"], "missing.jpg: no such file"),
+        (["predict", "x.jpg", "--model", "nope"], "unknown model 'nope'"),
+        (["evaluate", "--voc-root", "/nonexistent"], "no such folder"),
+        (["predict", "x.jpg", "--tflite", "a.tflite", "--backend", "torch"], "--tflite runs with LiteRT"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.jpg")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_not_a_segmentation_tflite_via_cli(classifier_tflite, tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.jpg")
+    assert main(["predict", str(tmp_path / "x.jpg"), "--tflite", str(classifier_tflite)]) == 2
+    assert "not a segmentation model" in capsys.readouterr().err
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "edgeseg.cli", "predict", str(bad), "-o", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "bad.png: cannot read image" in result.stderr and "Traceback" not in result.stderr
