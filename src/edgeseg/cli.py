@@ -14,6 +14,7 @@ from edgeseg.errors import EdgesegError
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 CLASSES_METADATA = "edgeseg_class_names"
+DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 
 @dataclass
@@ -150,6 +151,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             tmp.write_text(json.dumps(report, indent=2))
 
 
+def _thread_list(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts, got {text!r}") from None
+    if not threads or min(threads) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {text!r}")
+    return threads
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from edgeseg.benchmark import benchmark_file, format_results
+    from edgeseg.files import atomic_path
+    from edgeseg.pipeline import load_image
+
+    if args.runs < 1 or args.warmup < 0:
+        raise EdgesegError("--runs must be at least 1 and --warmup at least 0")
+    load_image(args.image)  # a bad image fails here, before any model is loaded
+    summaries = []
+    for path in args.files:
+        for threads in args.threads:
+            result = benchmark_file(path, args.image, threads=threads, runs=args.runs, warmup=args.warmup,
+                                    delegate=args.delegate, progress=True)
+            summaries.append(result.summary())
+    print(format_results(summaries))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(summaries, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="LiteRT latency: invoke alone and the whole pipeline, per stage")
+    p.add_argument("files", nargs="+", type=Path, help=".tflite files")
+    p.add_argument("--threads", type=_thread_list, default=[1, 2], help="comma-separated, e.g. 1,2,4")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--delegate", type=Path, help="external delegate library, e.g. /usr/lib/libvx_delegate.so")
+    p.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE,
+                   help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

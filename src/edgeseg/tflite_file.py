@@ -69,7 +69,7 @@ class TFLiteFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            buf = self.path.read_bytes()
+            buf = self._raw = self.path.read_bytes()
             if len(buf) < 8 or buf[4:8] != b"TFL3":
                 raise ValueError("no TFL3 identifier")
             self._model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
@@ -89,9 +89,8 @@ class TFLiteFile:
         scale = np.asarray(q.scale) if q is not None and q.scale is not None else None
         zero_point = np.asarray(q.zeroPoint) if q is not None and q.zeroPoint is not None else None
         data = None
-        buffer = self._model.buffers[t.buffer] if t.buffer < len(self._model.buffers) else None
-        if buffer is not None and buffer.data is not None and len(buffer.data) > 0:
-            raw = np.asarray(buffer.data, dtype=np.uint8).tobytes()
+        raw = self._buffer_bytes(t.buffer)
+        if raw:
             shape = tuple(int(s) for s in t.shape) if t.shape is not None else ()
             data = np.frombuffer(raw, dtype=_NUMPY_TYPES[dtype]).reshape(shape)
         return TensorInfo(
@@ -104,6 +103,16 @@ class TFLiteFile:
             quantized_dim=q.quantizedDimension if q is not None else 0,
             data=data,
         )
+
+    def _buffer_bytes(self, index: int) -> bytes | None:
+        if index >= len(self._model.buffers):
+            return None
+        buffer = self._model.buffers[index]
+        if buffer.offset > 1:  # large models keep buffers after the flatbuffer, addressed by offset
+            return self._raw[buffer.offset: buffer.offset + buffer.size]
+        if buffer.data is not None and len(buffer.data) > 0:
+            return np.asarray(buffer.data, dtype=np.uint8).tobytes()
+        return None
 
     @cached_property
     def ops(self) -> list[OpInfo]:
@@ -129,9 +138,22 @@ class TFLiteFile:
         """Returns the bytes of the named metadata entry, or None."""
         for entry in self._model.metadata or []:
             if entry.name is not None and entry.name.decode() == name:
-                data = self._model.buffers[entry.buffer].data
-                return None if data is None else np.asarray(data, dtype=np.uint8).tobytes()
+                return self._buffer_bytes(entry.buffer)
         return None
 
     def op_counts(self) -> Counter:
         return Counter(op.type for op in self.ops)
+
+    def float_compute_ops(self) -> list[str]:
+        """Returns the ops that compute in float: any op touching a FLOAT32 tensor, except the
+        QUANTIZE / DEQUANTIZE that convert at the graph's edges."""
+        edges = set(self._graph.inputs) | set(self._graph.outputs)
+        found = []
+        for op in self.ops:
+            tensors = [i for i in (*op.inputs, *op.outputs) if i >= 0]
+            if not any(self.tensors[i].dtype == "FLOAT32" for i in tensors):
+                continue
+            at_edge = op.type in ("QUANTIZE", "DEQUANTIZE") and any(i in edges for i in tensors)
+            if not at_edge:
+                found.append(f"{op.type}#{op.index}")
+        return found

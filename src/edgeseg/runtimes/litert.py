@@ -95,8 +95,8 @@ class LiteRTRuntime:
             raise EdgesegError(f"{self.path}: not a segmentation model ({problem})")
         return inputs[0], outputs[0]
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) no larger than input_size."""
+    def set_input(self, pixels: np.ndarray) -> None:
+        """Writes uint8 RGB pixels (H, W, 3), scaled and padded, into the model's input tensor."""
         height, width = pixels.shape[:2]
         size = self.input_size
         if self._dtype == np.float32:
@@ -105,9 +105,20 @@ class LiteRTRuntime:
             batch = np.full((size, size, 3), self._pad, dtype=self._dtype)
             batch[:height, :width] = self._lut[pixels]
         self.interpreter.set_tensor(self._input["index"], batch[None])
+
+    def invoke(self) -> None:
         self.interpreter.invoke()
+
+    def get_labels(self, height: int, width: int) -> np.ndarray:
+        """Returns int labels for the top-left (height, width) region of the last invoke's output."""
         out = self.interpreter.get_tensor(self._output["index"])[0]
         if not self.outputs_logits:
             return out[:height, :width]
         # Dequantizing is affine with a positive scale, so it cannot change the argmax: skip it.
-        return labels_from_logits(out.astype(np.float32), size, height, width)
+        return labels_from_logits(out.astype(np.float32), self.input_size, height, width)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) no larger than input_size."""
+        self.set_input(pixels)
+        self.invoke()
+        return self.get_labels(*pixels.shape[:2])

@@ -1,0 +1,194 @@
+"""Export a DeepLabV3 torch model to deployable FP32 or INT8 TFLite (litert-torch + ai-edge-quantizer).
+
+The exported graph is NHWC end to end (no TRANSPOSE). INT8 is full-integer static quantization,
+calibrated on training images. Options for NPUs such as the i.MX 8M Plus (VX delegate):
+- input `uint8` (default): raw pixels, scale 1/128 and zero point 128 as in the official files, so the
+  app feeds pixels and the graph has no float preprocessing; `int8`: the same with zero point 0.
+- output `argmax`: a full-resolution label map (int32); `logits`: the small int8 logits, for delegates
+  without ARG_MAX, upsampled and argmaxed on the host by edgeseg.
+- weights `per-channel` (accurate) or `per-tensor` (what many NPUs run fastest).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_path
+from edgeseg.pipeline import DEEPLAB, load_image, normalize_and_pad
+from edgeseg.tflite_file import TFLiteFile
+
+CLASSES_METADATA = "edgeseg_class_names"
+PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
+    ("argmax", "logits"), ("per-channel", "per-tensor")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "int8"
+    input: str | None = None  # default: uint8 for int8, float32 for fp32
+    output: str = "argmax"
+    granularity: str | None = None  # default per-channel; int8 only
+    calib_root: Path | None = None
+    calib_split: str = "train"
+    calib_count: int = 64
+    input_size: int = 513
+
+    def resolved(self) -> ExportOptions:
+        """Returns the options with defaults filled in, or raises on a conflicting combination."""
+        if self.precision not in PRECISIONS:
+            raise EdgesegError(f"--precision must be one of {PRECISIONS}")
+        if self.precision == "fp32":
+            if self.input not in (None, "float32"):
+                raise EdgesegError(f"--input {self.input} needs --precision int8 (an FP32 model takes float32)")
+            if self.granularity is not None or self.calib_root is not None:
+                raise EdgesegError("--granularity and --calib-voc-root apply to --precision int8 only")
+            return _replace(self, input="float32")
+        if self.calib_root is None:
+            raise EdgesegError("INT8 export needs calibration images: --calib-voc-root DIR (a VOC or images/ folder)")
+        if self.calib_count < 1:
+            raise EdgesegError("--calib-count must be at least 1")
+        return _replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
+
+
+def _replace(options: ExportOptions, **changes) -> ExportOptions:
+    from dataclasses import replace
+
+    return replace(options, **changes)
+
+
+class DeployModel(nn.Module):
+    """NHWC float input (x*2/255-1) -> argmax labels [1, S, S] or logits [1, h, w, C].
+
+    The input permute is cancelled by litert-torch's layout pass, and the argmax is taken over the last
+    (channel) axis of an NHWC tensor, so the graph has no TRANSPOSE.
+    """
+
+    def __init__(self, model: nn.Module, output: str) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model.forward_logits(x.permute(0, 3, 1, 2))
+        if self.output == "logits":
+            return logits.permute(0, 2, 3, 1)
+        up = F.interpolate(logits, size=x.shape[1:3], mode="bilinear", align_corners=True)
+        return up.permute(0, 2, 3, 1).argmax(dim=-1)
+
+
+def calibration_images(root: Path, split: str, count: int, input_size: int) -> list[np.ndarray]:
+    """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset; warns if fewer exist."""
+    from edgeseg.data import open_dataset
+    from edgeseg.pipeline import fit_to_input
+
+    dataset = open_dataset(root, split, limit=count)  # the masks are not needed, but must be listed
+    if len(dataset) == 0:
+        raise EdgesegError(f"{dataset.description}: no calibration images")
+    if len(dataset) < count:
+        print(f"warning: asked for {count} calibration images, {dataset.description} has {len(dataset)}; "
+              f"using {len(dataset)}", file=sys.stderr)
+    images = []
+    for sample in tqdm(dataset.samples, desc="calibration images", unit="img", file=sys.stderr, leave=False):
+        pixels = fit_to_input(load_image(sample.image_path), input_size)
+        images.append(normalize_and_pad(pixels, input_size, DEEPLAB)[None])
+    return images
+
+
+def _recipe(granularity: str) -> list[dict]:
+    """ai-edge-quantizer's static_wi8_ai8 recipe, with the weight granularity made selectable."""
+    return [{
+        "regex": ".*",
+        "operation": "*",
+        "algorithm_key": "min_max_uniform_quantize",
+        "op_config": {
+            "activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
+                                         "dtype": "INT"},
+            "weight_tensor_config": {"num_bits": 8, "symmetric": True, "dtype": "INT",
+                                     "granularity": "CHANNELWISE" if granularity == "per-channel" else "TENSORWISE"},
+            "compute_precision": "INTEGER",
+            "explicit_dequantize": False,
+            "skip_checks": False,
+            "min_weight_elements": 0,
+        },
+    }]
+
+
+def _quantize(float_path: Path, images: list[np.ndarray], granularity: str) -> bytes:
+    from ai_edge_quantizer import quantizer
+
+    input_name = TFLiteFile(float_path).inputs[0].name
+    signature_input = "args_0"
+    calibrator = quantizer.Quantizer(str(float_path), _recipe(granularity))
+    ranges = calibrator.calibrate({"serving_default": [{signature_input: x} for x in images]}, num_threads=2)
+    # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
+    # pixels map onto it with zero point 128, as in the official files.
+    ranges[input_name] = {k: np.full_like(np.asarray(v, np.float32), -1.0 if k == "min" else 127 / 128)
+                          for k, v in ranges[input_name].items()}
+    result = quantizer.Quantizer(str(float_path), _recipe(granularity)).quantize(
+        ranges, enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+def export_tflite(
+    model: nn.Module, class_names: tuple[str, ...], path: str | Path, options: ExportOptions,
+) -> dict:
+    """Writes the .tflite atomically and returns a report: options, seconds, bytes, op counts, I/O types."""
+    import litert_torch
+
+    from edgeseg.tflite_edit import add_metadata, feed_argmax_integers, read_model, retype_input, serialize
+
+    options = options.resolved()
+    path = Path(path)
+    images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size)
+              if options.precision == "int8" else [])
+    start = time.perf_counter()
+    wrapper = DeployModel(model.eval(), options.output).eval()
+    sample = torch.zeros(1, options.input_size, options.input_size, 3)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
+        float_path = Path(tmp) / "float.tflite"
+        litert_torch.convert(wrapper, (sample,)).export(str(float_path))
+        data = float_path.read_bytes() if options.precision == "fp32" else \
+            _quantize(float_path, images, options.granularity)
+    tfl_model = read_model(data)
+    if options.precision == "int8":
+        feed_argmax_integers(tfl_model)
+        if options.input != "int8":
+            retype_input(tfl_model, options.input)
+    add_metadata(tfl_model, CLASSES_METADATA, json.dumps(list(class_names)).encode())
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(serialize(tfl_model))
+        report = inspect_tflite(tmp_path)
+        if options.precision == "int8" and report["float_compute_ops"]:
+            raise EdgesegError(f"INT8 export still computes in float: {report['float_compute_ops'][:5]}")
+    return {"file": str(path), "options": {k: str(v) for k, v in vars(options).items()},
+            "calibration_images": len(images), "seconds": round(time.perf_counter() - start, 1), **report}
+
+
+def inspect_tflite(path: str | Path) -> dict:
+    """Returns op counts, tensor type counts, I/O signature and float compute ops of a .tflite file."""
+    tfl = TFLiteFile(path)
+    tensor_types: dict[str, int] = {}
+    for tensor in tfl.tensors:
+        tensor_types[tensor.dtype] = tensor_types.get(tensor.dtype, 0) + 1
+    io = lambda t: {"dtype": t.dtype, "shape": list(t.shape),  # noqa: E731
+                    "scale": None if t.scale is None or t.scale.size == 0 else float(t.scale[0]),
+                    "zero_point": None if t.zero_point is None or t.zero_point.size == 0 else int(t.zero_point[0])}
+    return {
+        "bytes": Path(path).stat().st_size,
+        "ops": dict(sorted(tfl.op_counts().items())),
+        "tensor_types": tensor_types,
+        "input": io(tfl.inputs[0]),
+        "output": io(tfl.outputs[0]),
+        "float_compute_ops": tfl.float_compute_ops(),
+    }
