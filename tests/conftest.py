@@ -56,3 +56,23 @@ def classifier_tflite(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tflite") / "classifier.tflite"
     litert_torch.convert(model, (torch.zeros(1, 2, 2, 3),)).export(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
+    """The dm 0.5 model exported three ways (FP32; INT8 argmax uint8 per-channel; INT8 logits int8 per-tensor).
+
+    Calibrated on only 8 train images to keep the suite fast; accuracy checks use their own exports.
+    """
+    from edgeseg.export import ExportOptions, export_tflite
+    from edgeseg.voc import VOC_CLASSES
+
+    out = tmp_path_factory.mktemp("exports")
+    variants = {
+        "fp32": ExportOptions(precision="fp32"),
+        "int8": ExportOptions(precision="int8", calib_root=VOC_ROOT, calib_count=8),
+        "int8_logits": ExportOptions(precision="int8", output="logits", input="int8", granularity="per-tensor",
+                                     calib_root=VOC_ROOT, calib_count=8),
+    }
+    return {name: Path(export_tflite(dm05_model, VOC_CLASSES, out / f"{name}.tflite", opts)["file"])
+            for name, opts in variants.items()}

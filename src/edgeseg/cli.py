@@ -13,7 +13,7 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
-CLASSES_METADATA = "edgeseg_class_names"
+CLASSES_METADATA = "edgeseg_class_names"  # the same name edgeseg.export writes
 DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 
@@ -151,6 +151,73 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             tmp.write_text(json.dumps(report, indent=2))
 
 
+def load_torch_model(args: argparse.Namespace):
+    """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT."""
+    if not _torch_available():
+        raise EdgesegError("this command needs PyTorch: pip install 'edgeseg[export]'")
+    from edgeseg.registry import get_entry
+    from edgeseg.zoo import create_model, load_checkpoint
+
+    if getattr(args, "weights", None) is not None:
+        return load_checkpoint(args.weights)
+    entry = get_entry(args.model or DEFAULT_MODEL)
+    return create_model(entry.name), entry
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from edgeseg.export import ExportOptions, export_tflite
+
+    options = ExportOptions(
+        precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
+        calib_root=args.calib_voc_root, calib_split=args.calib_split, calib_count=args.calib_count,
+    ).resolved()  # conflicting options fail here, before the model is built
+    model, entry = load_torch_model(args)
+    default_name = f"{entry.name}_{options.precision}" + ("" if options.output == "argmax" else f"_{options.output}") \
+        + ("" if options.granularity in (None, "per-channel") else "_per_tensor") \
+        + ("" if options.input in ("uint8", "float32") else f"_{options.input}_input")
+    path = args.o or Path("exports") / f"{default_name}.tflite"
+    report = export_tflite(model, entry.class_names, path, options)
+    print(f"wrote {path} ({report['bytes']} bytes) in {report['seconds']} s")
+    print(f"  input  {report['input']['dtype']} {report['input']['shape']} scale {report['input']['scale']} "
+          f"zero point {report['input']['zero_point']}")
+    print(f"  output {report['output']['dtype']} {report['output']['shape']}")
+    print("  ops    " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
+    print("  tensor types " + ", ".join(f"{k} {v}" for k, v in report["tensor_types"].items()))
+    if options.precision == "int8":
+        print(f"  float compute ops: {report['float_compute_ops'] or 'none'}; "
+              f"calibrated on {report['calibration_images']} {options.calib_split} images")
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    from edgeseg.card import CardModel, measure, plot_charts, write_card
+    from edgeseg.data import open_dataset
+    from edgeseg.files import ensure_writable_dir
+    from edgeseg.registry import get_entry, list_models
+    from edgeseg.zoo import official_tflite
+
+    out_dir = ensure_writable_dir(args.output)
+    dataset = open_dataset(args.voc_root, args.split, args.limit)
+    if args.weights is not None:
+        model, entry = load_torch_model(args)
+        items = [CardModel(entry, model)]
+    else:
+        names = [args.model] if args.model else list_models()
+        items = []
+        for name in names:
+            model, entry = load_torch_model(argparse.Namespace(model=name, weights=None))
+            items.append(CardModel(entry, model, official_tflite(get_entry(name).name)))
+    data = f"{dataset.description}, {len(dataset)} images"
+    facts = []
+    for item in items:
+        fact = measure(item, dataset, out_dir, calib_root=args.calib_voc_root or args.voc_root,
+                       calib_count=args.calib_count, threads=args.threads, reuse_exports=args.reuse_exports)
+        facts.append(fact)
+        for path in plot_charts(item.entry, fact, out_dir):
+            print(f"wrote {path}", file=sys.stderr)
+    path = write_card([item.entry for item in items], facts, data, out_dir)
+    print(path.read_text())
+
+
 def _thread_list(text: str) -> list[int]:
     try:
         threads = [int(t) for t in text.split(",") if t.strip()]
@@ -204,6 +271,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export FP32 or INT8 .tflite (litert-torch + ai-edge-quantizer)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL})")
+    source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    p.add_argument("-o", type=Path, help="output .tflite (default exports/<model>_<precision>.tflite)")
+    p.add_argument("--input", choices=["uint8", "int8", "float32"],
+                   help="int8 models: uint8 raw pixels (default; scale 1/128, zero point 128), int8, or float32")
+    p.add_argument("--output", dest="output_kind", choices=["argmax", "logits"], default="argmax",
+                   help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
+    p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
+                   help="int8 weight quantization (default per-channel)")
+    p.add_argument("--calib-voc-root", type=Path, help="calibration data (VOC folder or images/ + masks/)")
+    p.add_argument("--calib-split", default="train", help="calibration split (never val)")
+    p.add_argument("--calib-count", type=int, default=64, help="number of calibration images")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("card", help="measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")
+    p.add_argument("--voc-root", type=Path, required=True, help="evaluation data (VOC folder)")
+    p.add_argument("--split", default="val")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="one zoo model (default: every zoo entry)")
+    source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors)")
+    p.add_argument("-o", "--output", type=Path, default=Path("card_out"), help="folder for card, exports, charts")
+    p.add_argument("--calib-voc-root", type=Path, help="calibration data (default: --voc-root, train split)")
+    p.add_argument("--calib-count", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, help="only the first N evaluation images")
+    p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
+    p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("benchmark", help="LiteRT latency: invoke alone and the whole pipeline, per stage")
     p.add_argument("files", nargs="+", type=Path, help=".tflite files")

@@ -11,6 +11,7 @@ calibrated on training images. Options for NPUs such as the i.MX 8M Plus (VX del
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path
+from edgeseg.files import atomic_path, ensure_writable_dir
 from edgeseg.pipeline import DEEPLAB, load_image, normalize_and_pad
 from edgeseg.tflite_file import TFLiteFile
 
@@ -150,6 +151,7 @@ def export_tflite(
 
     options = options.resolved()
     path = Path(path)
+    ensure_writable_dir(path.parent)  # fail before minutes of conversion, not after
     images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size)
               if options.precision == "int8" else [])
     start = time.perf_counter()
@@ -157,7 +159,8 @@ def export_tflite(
     sample = torch.zeros(1, options.input_size, options.input_size, 3)
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
         float_path = Path(tmp) / "float.tflite"
-        litert_torch.convert(wrapper, (sample,)).export(str(float_path))
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results; the converter logs a lot
+            litert_torch.convert(wrapper, (sample,)).export(str(float_path))
         data = float_path.read_bytes() if options.precision == "fp32" else \
             _quantize(float_path, images, options.granularity)
     tfl_model = read_model(data)

@@ -1,0 +1,171 @@
+"""The model card: every number measured from edgeseg's own exported files, on named data.
+
+For each model: count params and OPS from the torch model, export FP32 and INT8 .tflite files,
+evaluate both (and the official INT8 file, for reference) on the given split, check the INT8 ops
+against the i.MX 8M Plus VX delegate's documented list, and draw per-class IoU and confusion charts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.compat import VX_DELEGATE_SOURCE, unsupported_ops
+from edgeseg.complexity import count_ops, count_params
+from edgeseg.data import SegmentationFolder
+from edgeseg.evaluate import EvalResult, evaluate
+from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
+from edgeseg.files import atomic_path
+from edgeseg.registry import ModelEntry
+from edgeseg.runtimes.litert import LiteRTRuntime
+
+COLUMNS = ("Model", "Architecture", "Backbone", "Training Dataset", "mIoU FP32", "mIoU INT8", "Input size",
+           "OPS", "Params", "FP32 Size", "INT8 Size", "Compatibility")
+
+
+@dataclass
+class CardModel:
+    """What the card needs about one model: its entry, its torch module, and its official file if any."""
+
+    entry: ModelEntry
+    model: object
+    official_tflite: Path | None = None
+
+
+def _mb(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.2f} MB"
+
+
+def measure(
+    item: CardModel, dataset: SegmentationFolder, out_dir: Path, *, calib_root: Path, calib_split: str = "train",
+    calib_count: int = 64, threads: int | None = 2, reuse_exports: bool = False,
+) -> dict:
+    """Returns the measured card facts for one model, exporting its .tflite files into out_dir."""
+    entry = item.entry
+    size = entry.preprocess.input_size
+    ops = count_ops(item.model, size)
+    files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite"}
+    for precision, path in files.items():
+        if reuse_exports and path.is_file():
+            continue
+        options = ExportOptions(precision=precision, input_size=size,
+                                calib_root=calib_root if precision == "int8" else None,
+                                calib_split=calib_split, calib_count=calib_count)
+        export_tflite(item.model, entry.class_names, path, options)
+    results: dict[str, EvalResult] = {}
+    for precision, path in files.items():
+        results[precision] = evaluate(LiteRTRuntime(path, num_threads=threads), dataset, entry.class_names)
+    if item.official_tflite is not None:
+        results["official_int8"] = evaluate(LiteRTRuntime(item.official_tflite, num_threads=threads), dataset,
+                                            entry.class_names)
+    int8_report = inspect_tflite(files["int8"])
+    return {
+        "name": entry.name,
+        "params": count_params(item.model),
+        "ops": ops.to_dict(),
+        "fp32_bytes": files["fp32"].stat().st_size,
+        "int8_bytes": files["int8"].stat().st_size,
+        "miou": {k: round(100 * r.miou, 2) for k, r in results.items()},
+        "per_class_iou": {k: [None if np.isnan(v) else round(100 * float(v), 2) for v in r.confusion.iou()]
+                          for k, r in results.items()},
+        "int8_confusion": results["int8"].confusion.matrix.tolist(),
+        "int8_ops": int8_report["ops"],
+        "int8_float_compute_ops": int8_report["float_compute_ops"],
+        "vx_unsupported_ops": unsupported_ops(int8_report["ops"]),
+        "calibration": {"split": calib_split, "count": calib_count},
+        "files": {k: str(v) for k, v in files.items()},
+    }
+
+
+def card_row(entry: ModelEntry, facts: dict) -> list[str]:
+    unsupported = facts["vx_unsupported_ops"]
+    vx = (f"i.MX 8M Plus VX delegate: all {len(facts['int8_ops'])} INT8 op types on its documented list"
+          if not unsupported else f"i.MX 8M Plus VX delegate: {', '.join(unsupported)} not on its list (CPU fallback)")
+    return [
+        entry.name, entry.architecture, entry.backbone, entry.dataset,
+        f"{facts['miou']['fp32']:.2f}", f"{facts['miou']['int8']:.2f}",
+        f"{entry.preprocess.input_size}x{entry.preprocess.input_size}x3",
+        f"{facts['ops']['total'] / 1e9:.2f} G", f"{facts['params'] / 1e6:.2f} M",
+        _mb(facts["fp32_bytes"]), _mb(facts["int8_bytes"]),
+        f"LiteRT CPU x86-64 (XNNPACK): FP32 and INT8 run and evaluated; {vx} ({VX_DELEGATE_SOURCE}; "
+        "not run on the board)",
+    ]
+
+
+def markdown(entries: list[ModelEntry], facts: list[dict], data: str) -> str:
+    """Returns the card as Markdown: the seed table, then published vs measured reference numbers."""
+    lines = [f"mIoU measured on {data}, DeepLab preprocessing (513x513, pad with the mean pixel), "
+             "one confusion matrix over the split. OPS = 2 x conv/depthwise MACs + bias, residual and pool adds "
+             "(final upsample and argmax excluded). Params: batch norm folded into the convs.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(card_row(e, f)) + " |" for e, f in zip(entries, facts)]
+    lines += ["", f"Reference on the same data ({data}) and published figures (full VOC12 val, 1,449 images):", "",
+              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit |", "| --- | --- | --- | --- |"]
+    for entry, fact in zip(entries, facts):
+        official = fact["miou"].get("official_int8")
+        lines.append(f"| {entry.name} | {'-' if official is None else f'{official:.2f}'} | "
+                     f"{entry.published.get('miou_fp32', '-')} | {entry.published.get('miou_int8', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_charts(entry: ModelEntry, fact: dict, out_dir: Path) -> list[Path]:
+    """Writes <name>_per_class_iou.png (FP32 vs INT8) and <name>_confusion_int8.png; returns their paths."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("warning: matplotlib is not installed (pip install 'edgeseg[plot]'); no charts written",
+              file=sys.stderr)
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = entry.class_names
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    series = [("fp32", "edgeseg FP32"), ("int8", "edgeseg INT8"), ("official_int8", "official INT8")]
+    series = [(k, label) for k, label in series if k in fact["per_class_iou"]]
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        values = [np.nan if v is None else v for v in fact["per_class_iou"][key]]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=f"{label} ({fact['miou'][key]:.2f})")
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylabel("IoU %")
+    ax.set_ylim(0, 118)  # headroom so the legend sits above the bars
+    ax.set_title(f"{entry.name}: per-class IoU")
+    ax.legend(loc="upper center", ncol=len(series), frameon=False)
+    fig.tight_layout()
+    iou_path = out_dir / f"{entry.name}_per_class_iou.png"
+    with atomic_path(iou_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+    matrix = np.asarray(fact["int8_confusion"], dtype=np.float64)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(x, names, rotation=90)
+    ax.set_yticks(x, names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"{entry.name} INT8: confusion (rows normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    confusion_path = out_dir / f"{entry.name}_confusion_int8.png"
+    with atomic_path(confusion_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return [iou_path, confusion_path]
+
+
+def write_card(entries: list[ModelEntry], facts: list[dict], data: str, out_dir: Path) -> Path:
+    """Writes card.md and card.json into out_dir; returns the Markdown path."""
+    with atomic_path(out_dir / "card.json") as tmp:
+        tmp.write_text(json.dumps({"data": data, "models": facts}, indent=2))
+    path = out_dir / "card.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text(markdown(entries, facts, data))
+    return path

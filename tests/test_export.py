@@ -1,0 +1,140 @@
+import pytest
+from PIL import Image
+
+from edgeseg.cli import main, tflite_class_names
+from edgeseg.data import voc
+from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import evaluate
+from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
+from edgeseg.runtimes.litert import LiteRTRuntime
+from edgeseg.runtimes.torch import TorchRuntime
+from edgeseg.voc import VOC_CLASSES
+
+
+def _agreement(runtime_a, runtime_b, dataset):
+    preds_a, preds_b = [], []
+    evaluate(runtime_a, dataset, VOC_CLASSES, predictions=preds_a, progress=False)
+    evaluate(runtime_b, dataset, VOC_CLASSES, predictions=preds_b, progress=False)
+    return sum(int((a == b).sum()) for a, b in zip(preds_a, preds_b)) / sum(a.size for a in preds_a)
+
+
+def test_fp32_export_signature_and_ops(dm05_exports):
+    report = inspect_tflite(dm05_exports["fp32"])
+    assert report["input"]["dtype"] == "FLOAT32" and report["input"]["shape"] == [1, 513, 513, 3]
+    assert report["output"]["dtype"] == "INT32" and report["output"]["shape"] == [1, 513, 513]
+    assert "TRANSPOSE" not in report["ops"]
+    assert report["ops"]["CONV_2D"] == 38 and report["ops"]["DEPTHWISE_CONV_2D"] == 17
+
+
+@pytest.mark.parametrize("variant", ["int8", "int8_logits"])
+def test_int8_exports_compute_in_integers_only(dm05_exports, variant):
+    report = inspect_tflite(dm05_exports[variant])
+    assert report["float_compute_ops"] == []
+    assert "FLOAT32" not in report["tensor_types"]
+    assert "TRANSPOSE" not in report["ops"] and "DEQUANTIZE" not in report["ops"]
+    assert report["ops"]["CONV_2D"] == 38 and report["ops"]["DEPTHWISE_CONV_2D"] == 17
+
+
+def test_int8_default_input_is_raw_uint8_pixels(dm05_exports):
+    report = inspect_tflite(dm05_exports["int8"])
+    assert report["input"] == {"dtype": "UINT8", "shape": [1, 513, 513, 3], "scale": 1 / 128, "zero_point": 128}
+    assert report["output"]["dtype"] == "INT32" and report["output"]["shape"] == [1, 513, 513]
+    assert report["ops"]["ARG_MAX"] == 1
+
+
+def test_int8_logits_variant(dm05_exports):
+    report = inspect_tflite(dm05_exports["int8_logits"])
+    assert report["input"] == {"dtype": "INT8", "shape": [1, 513, 513, 3], "scale": 1 / 128, "zero_point": 0}
+    assert report["output"]["dtype"] == "INT8" and report["output"]["shape"] == [1, 33, 33, 21]
+    assert "ARG_MAX" not in report["ops"] and "QUANTIZE" in report["ops"]
+
+
+def test_exports_carry_their_class_names(dm05_exports):
+    for path in dm05_exports.values():
+        assert tflite_class_names(path, 21) == VOC_CLASSES
+
+
+def test_exports_agree_with_torch_on_a_few_images(voc_root, dm05_exports, dm05_model):
+    dataset = voc(voc_root, "val", limit=4)
+    torch_runtime = TorchRuntime(dm05_model, num_classes=21)
+    assert _agreement(LiteRTRuntime(dm05_exports["fp32"], num_threads=2), torch_runtime, dataset) >= 0.999
+    for variant in ("int8", "int8_logits"):
+        assert _agreement(LiteRTRuntime(dm05_exports[variant], num_threads=2), torch_runtime, dataset) > 0.9
+
+
+def test_export_is_deterministic(dm05_model, voc_root, tmp_path):
+    options = ExportOptions(precision="int8", calib_root=voc_root, calib_count=2)
+    a = export_tflite(dm05_model, VOC_CLASSES, tmp_path / "a.tflite", options)
+    b = export_tflite(dm05_model, VOC_CLASSES, tmp_path / "b.tflite", options)
+    assert (tmp_path / "a.tflite").read_bytes() == (tmp_path / "b.tflite").read_bytes()
+    assert a["bytes"] == b["bytes"]
+
+
+@pytest.mark.slow
+def test_fp32_export_matches_torch_on_val(voc_root, dm05_exports, dm05_model):
+    dataset = voc(voc_root, "val")
+    agreement = _agreement(LiteRTRuntime(dm05_exports["fp32"], num_threads=2),
+                           TorchRuntime(dm05_model, num_classes=21), dataset)
+    print(f"FP32 TFLite vs PyTorch agreement on {len(dataset)} val images: {100 * agreement:.3f}%")
+    assert agreement >= 0.999
+
+
+@pytest.mark.slow
+def test_int8_target_on_val(voc_root, dm05_model, tmp_path):
+    # Target: >= official INT8 (63.95) - 0.5, and within 1.0 of our FP32, with the default calibration.
+    path = tmp_path / "int8.tflite"
+    export_tflite(dm05_model, VOC_CLASSES, path, ExportOptions(precision="int8", calib_root=voc_root))
+    dataset = voc(voc_root, "val")
+    int8 = evaluate(LiteRTRuntime(path, num_threads=2), dataset, VOC_CLASSES, progress=False).miou
+    fp32 = evaluate(TorchRuntime(dm05_model, num_classes=21), dataset, VOC_CLASSES, progress=False).miou
+    print(f"INT8 {100 * int8:.2f} vs FP32 {100 * fp32:.2f}")
+    assert 100 * int8 >= 63.95 - 0.5
+    assert 100 * (fp32 - int8) <= 1.0
+
+
+# Bad input ---------------------------------------------------------------------------------------------
+
+def test_conflicting_options_fail_before_any_work():
+    with pytest.raises(EdgesegError, match="needs --precision int8"):
+        ExportOptions(precision="fp32", input="uint8").resolved()
+    with pytest.raises(EdgesegError, match="calibration images"):
+        ExportOptions(precision="int8").resolved()
+    with pytest.raises(EdgesegError, match="calib-count"):
+        ExportOptions(precision="int8", calib_root="x", calib_count=0).resolved()
+
+
+def test_missing_and_empty_calibration_folders(dm05_model, tmp_path):
+    with pytest.raises(EdgesegError, match="no such folder"):
+        export_tflite(dm05_model, VOC_CLASSES, tmp_path / "m.tflite",
+                      ExportOptions(precision="int8", calib_root=tmp_path / "missing"))
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    with pytest.raises(EdgesegError, match="no images found"):
+        export_tflite(dm05_model, VOC_CLASSES, tmp_path / "m.tflite",
+                      ExportOptions(precision="int8", calib_root=tmp_path / "empty"))
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_fewer_calibration_images_than_asked_warns_and_goes_on(dm05_model, voc_root, tmp_path, capsys):
+    root = tmp_path / "few"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    sample = voc(voc_root, "train", limit=1).samples[0]
+    Image.open(sample.image_path).save(root / "images" / "a.jpg")
+    Image.open(sample.mask_path).save(root / "masks" / "a.png")
+    report = export_tflite(dm05_model, VOC_CLASSES, tmp_path / "few.tflite",
+                           ExportOptions(precision="int8", calib_root=root, calib_count=5))
+    assert report["calibration_images"] == 1
+    assert "asked for 5 calibration images" in capsys.readouterr().err
+
+
+def test_unwritable_output_path(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["export", "--precision", "fp32", "-o", str(blocker / "model.tflite")])
+    assert code == 2 and "cannot create output folder" in capsys.readouterr().err
+
+
+def test_export_cli_rejects_conflicts(capsys):
+    assert main(["export", "--precision", "fp32", "--input", "uint8"]) == 2
+    assert "needs --precision int8" in capsys.readouterr().err

@@ -1,0 +1,272 @@
+"""`edgeseg train`: fine-tuning on real VOC images, exact resume, 2-process DDP, bad data up front."""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from edgeseg.data import load_mask, open_dataset
+from edgeseg.evaluate import evaluate
+from edgeseg.runtimes.torch import TorchRuntime
+from edgeseg.train import (
+    EpochBatches,
+    RemappedDataset,
+    TrainCrops,
+    add_train_parser,
+    augment,
+    cmd_train,
+    evaluate_remapped_pretrained,
+    label_lut,
+    main,
+    resolve_classes,
+    resolve_label_map,
+)
+from edgeseg.voc import VOC_CLASSES
+from edgeseg.zoo import create_model, load_checkpoint
+
+PERSON = VOC_CLASSES.index("person")
+NAMES = ("background", "person")
+RUN_FILES = {"config.json", "log.jsonl", "last.safetensors", "best.safetensors", "state.pt"}
+
+
+def _person_ids(voc_root: Path, split: str, count: int) -> list[str]:
+    """The first `count` ids of a split whose masks are 15-60% person (so both classes are learnable)."""
+    ids = []
+    for line in (voc_root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split():
+        share = (load_mask(voc_root / "SegmentationClass" / f"{line}.png") == PERSON).mean()
+        if 0.15 < share < 0.6:
+            ids.append(line)
+        if len(ids) == count:
+            return ids
+    raise AssertionError(f"not enough person images in {split}")
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(voc_root, tmp_path_factory) -> Path:
+    """A VOCdevkit folder linking 8 real train and 2 real val images (with people) of the shared set."""
+    root = tmp_path_factory.mktemp("tinyvoc")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for name in ("JPEGImages", "SegmentationClass"):
+        (root / name).symlink_to(voc_root / name)
+    for split, count in (("train", 8), ("val", 2)):
+        ids = _person_ids(voc_root, split, count)
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def _train(*args) -> int:
+    return main(["--no-progress", *map(str, args)])
+
+
+def _tiny_args(data, out, *extra):
+    return ["--data", data, "--classes", "background,person", "--crop", 97, "--batch-size", 2,
+            "--max-steps", 2, "--val-limit", 1, "--lr", 0.001, "--out", out, *extra]
+
+
+# Pieces ------------------------------------------------------------------------------------------
+
+def test_classes_and_the_voc_label_map(tmp_path, voc_root):
+    assert resolve_classes("background, person", "deeplabv3_mnv2_dm05_voc") == NAMES
+    assert resolve_classes("3", "deeplabv3_mnv2_dm05_voc") == ("class_0", "class_1", "class_2")
+    assert resolve_classes(None, "deeplabv3_mnv2_dm05_voc") == VOC_CLASSES
+    assert resolve_label_map("auto", NAMES, voc_root) == "voc"
+    assert resolve_label_map("auto", NAMES, tmp_path) == "none"  # not a VOCdevkit folder
+    assert resolve_label_map("auto", VOC_CLASSES, voc_root) == "none"
+    lut = label_lut("voc", NAMES)
+    assert lut[PERSON] == 1 and lut[255] == 255 and lut[0] == 0
+    assert (np.delete(lut[:21], PERSON) == 0).all()
+    lut3 = label_lut("voc", ("background", "car", "person"))
+    assert (lut3[VOC_CLASSES.index("car")], lut3[PERSON], lut3[VOC_CLASSES.index("dog")]) == (1, 2, 0)
+    with pytest.raises(Exception, match="first class must be 'background'"):
+        resolve_label_map("auto", ("person", "background"), voc_root)
+    with pytest.raises(Exception, match="twice"):
+        resolve_classes("person,person", "deeplabv3_mnv2_dm05_voc")
+
+
+def test_augment_pads_with_the_mean_pixel_and_ignore_label(rng):
+    image = np.full((20, 30, 3), 255, dtype=np.uint8)
+    mask = np.ones((20, 30), dtype=np.uint8)
+    for seed in range(5):
+        pixels, labels = augment(image, mask, np.random.default_rng(seed), 97)
+        assert pixels.shape == (97, 97, 3) and labels.shape == (97, 97) and pixels.dtype == np.float32
+        assert set(np.unique(labels)) == {1, 255}
+        assert np.all(pixels[labels == 255] == 0.0) and np.allclose(pixels[labels == 1], 1.0)
+    a = augment(image, mask, np.random.default_rng([1, 2, 3]), 33)
+    b = augment(image, mask, np.random.default_rng([1, 2, 3]), 33)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_batches_shard_the_global_batch_across_ranks():
+    one = list(EpochBatches(10, 4, 2, seed=0, epoch=1, rank=0, world=1))
+    r0 = list(EpochBatches(10, 4, 2, seed=0, epoch=1, rank=0, world=2))
+    r1 = list(EpochBatches(10, 4, 2, seed=0, epoch=1, rank=1, world=2))
+    assert [sorted(a + b) for a, b in zip(r0, r1, strict=True)] == [sorted(x) for x in one]
+    assert list(EpochBatches(10, 4, 2, seed=0, epoch=2, rank=0, world=1)) != one
+
+
+def test_the_cli_hook_registers_train():
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--data", "x", "--classes", "background,person"])
+    assert args.func is cmd_train and args.classes == "background,person" and args.workers == 0
+
+
+# Bad input ---------------------------------------------------------------------------------------
+
+def _folder(root: Path, masks: dict[str, np.ndarray]) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, mask in masks.items():
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{name}.png")
+    return root
+
+
+def test_bad_labels_are_reported_before_training(tmp_path, capsys):
+    ok = np.zeros((40, 40))
+    bad = ok.copy()
+    bad[0, 0] = 30
+    data = _folder(tmp_path / "data", {"a": ok, "b": bad, "c": np.full((30, 40), 1), "d": ok + 255})
+    out = tmp_path / "run"
+    assert _train("--data", data, "--train-split", "x", "--classes", "2", "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "2 of 4 image/mask pairs are bad" in err
+    assert "b.png: labels [30]" in err and "c.png: mask is 40x30, image is 40x40" in err
+    assert not (out / "state.pt").exists() and not (out / "log.jsonl").exists()
+
+
+def test_missing_data_and_bad_options_are_one_line_errors(tmp_path, tiny_voc, capsys):
+    assert _train("--data", tmp_path / "nope", "--out", tmp_path / "run") == 2
+    assert capsys.readouterr().err.strip() == f"edgeseg: error: {tmp_path / 'nope'}: no such folder"
+    assert _train("--classes", "2") == 2
+    assert "--data DIR is required" in capsys.readouterr().err
+    assert _train("--resume", tmp_path) == 2
+    assert "no run to resume" in capsys.readouterr().err
+    assert _train("--data", tiny_voc, "--classes", "car,person", "--out", tmp_path / "run") == 2
+    assert "first class must be 'background'" in capsys.readouterr().err
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "run", "--batch-size", 9)) == 2
+    assert "fewer than --batch-size 9" in capsys.readouterr().err
+
+
+# Training ----------------------------------------------------------------------------------------
+
+def test_finetune_person_vs_rest_lowers_the_loss_and_loads_like_a_zoo_model(tiny_voc, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train("--data", tiny_voc, "--classes", "background,person", "--epochs", 8, "--batch-size", 4,
+                  "--crop", 129, "--lr", 0.001, "--val-limit", 2, "--out", out) == 0
+    assert "epoch 8/8: train loss" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # nothing left half-written
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == "background,person" and config["label_map"] == "voc"
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    epochs = [r for r in rows if "val_miou" in r]
+    assert len(steps) == 16 and [r["epoch"] for r in epochs] == list(range(1, 9))
+    assert steps[0]["lr"] == 0.001 and steps[-1]["lr"] < steps[0]["lr"]  # poly decay
+
+    # The first batch of epoch 1 (what step 1 saw, with the initial weights) now has a much lower loss.
+    train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
+    crops = TrainCrops(train, 129, seed=0)
+    first = next(iter(EpochBatches(len(train), 4, 2, seed=0, epoch=1, rank=0, world=1)))
+    x, y = map(torch.stack, zip(*[crops[key] for key in first], strict=True))
+    model, entry = load_checkpoint(out / "last.safetensors")
+    with torch.no_grad():
+        after = F.cross_entropy(model(x), y, ignore_index=255).item()
+    assert after < 0.7 * steps[0]["loss"], (steps[0]["loss"], after)
+    assert np.mean([r["loss"] for r in steps[-4:]]) < np.mean([r["loss"] for r in steps[:4]])
+
+    # best.safetensors is a zoo model with its class names, and evaluates on the remapped masks.
+    model, entry = load_checkpoint(out / "best.safetensors")
+    assert entry.class_names == NAMES and entry.num_classes == 2
+    val = RemappedDataset(open_dataset(tiny_voc, "val"), label_lut("voc", NAMES), NAMES)
+    result = evaluate(TorchRuntime(model, num_classes=2), val, NAMES, progress=False)
+    best = max(e["val_miou"] for e in epochs)
+    assert result.num_images == 2 and abs(100 * result.miou - best) < 1e-3
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["epoch"] == 8 and state["step"] == 16 and state["best_miou"] == best
+
+
+def test_resume_continues_exactly(tiny_voc, tmp_path, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(*_tiny_args(tiny_voc, straight, "--epochs", 3)) == 0
+    assert _train(*_tiny_args(tiny_voc, resumed, "--epochs", 3, "--stop-after-epoch", 1)) == 0
+    assert torch.load(resumed / "state.pt", weights_only=True)["epoch"] == 1
+    capsys.readouterr()
+    assert _train("--resume", resumed, "--lr", 0.01) == 2
+    assert "--lr 0.01 differs from the run being resumed" in capsys.readouterr().err
+    assert _train("--resume", resumed) == 0
+    a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in
+             map(json.loads, (straight / "log.jsonl").read_text().splitlines())]
+    again = [{k: v for k, v in r.items() if k != "seconds"} for r in
+             map(json.loads, (resumed / "log.jsonl").read_text().splitlines())]
+    assert strip == again
+    capsys.readouterr()
+    assert _train("--resume", resumed) == 0  # nothing left to do
+    assert "already trained 3 epochs" in capsys.readouterr().out
+
+
+def test_pretrained_model_remapped_to_person_vs_rest(tiny_voc):
+    result = evaluate_remapped_pretrained("deeplabv3_mnv2_dm05_voc", tiny_voc, "val", NAMES, progress=False)
+    assert result.class_names == NAMES and result.num_images == 2
+    assert result.miou > 0.8  # the VOC model already knows people well
+
+
+def _cli_module() -> str:
+    """`edgeseg.cli` once it registers `train`; until then the same command from edgeseg.train."""
+    from edgeseg.cli import build_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["train", "--data", "x"])
+    except SystemExit:
+        return "edgeseg.train"
+    return "edgeseg.cli"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_match_one_process(tiny_voc, tmp_path):
+    module = _cli_module()
+    prefix = ["train"] if module == "edgeseg.cli" else []
+    ddp_out, single_out = tmp_path / "work" / "ddp", tmp_path / "single"
+    (tmp_path / "work").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", module,
+           *prefix, "--no-progress", *map(str, _tiny_args(tiny_voc, ddp_out, "--epochs", 1))]
+    proc = subprocess.run(cmd, cwd=tmp_path / "work", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/1: train loss") == 1  # rank 0 reports, rank 1 does not
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["ddp"]
+    assert {p.name for p in ddp_out.iterdir()} == RUN_FILES
+    model, entry = load_checkpoint(ddp_out / "best.safetensors")
+    assert entry.class_names == NAMES
+
+    # The global batch is split across the ranks and the loss normalised globally: same updates as one
+    # process. (Compared at one thread, as each rank runs: the thread count alone moves conv results.)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _train(*_tiny_args(tiny_voc, single_out, "--epochs", 1)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load_file(ddp_out / "last.safetensors"), load_file(single_out / "last.safetensors")
+    start = create_model("deeplabv3_mnv2_dm05_voc").state_dict()
+    keys = [k for k in start if not k.startswith("head.classifier.")]  # pretrained, seed-independent
+    gap = sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys) ** 0.5
+    update = sum(float(((b[k] - start[k]) ** 2).sum()) for k in keys) ** 0.5
+    assert update > 0 and gap < 1e-4 * update, (gap, update)
+    losses = [[r["loss"] for r in map(json.loads, (o / "log.jsonl").read_text().splitlines()) if "loss" in r]
+              for o in (ddp_out, single_out)]
+    assert np.allclose(*losses, rtol=1e-5)
