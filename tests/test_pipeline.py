@@ -104,3 +104,19 @@ def test_truncated_jpeg_is_an_error(tmp_path):
 def test_missing_image(tmp_path):
     with pytest.raises(EdgesegError, match="no such file"):
         load_image(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize("kind", ["random", "int8_ties", "constant"])
+def test_logits_shortcut_is_exact(rng, kind):
+    # Random logits make almost every cell mixed; int8 logits have many ties; constant ones have none mixed.
+    if kind == "random":
+        logits = rng.normal(size=(33, 33, 21)).astype(np.float32)
+    elif kind == "int8_ties":
+        logits = rng.integers(-3, 3, size=(33, 33, 21)).astype(np.int8)
+    else:
+        logits = np.zeros((33, 33, 21), np.float32)
+        logits[..., 7] = 1
+    up = F.interpolate(torch.from_numpy(logits.astype(np.float32)).permute(2, 0, 1)[None], size=(513, 513),
+                       mode="bilinear", align_corners=True)[0]
+    reference = up.argmax(0)[:300, :513].numpy()
+    assert (labels_from_logits(logits, 513, 300, 513) == reference).mean() > 0.9999

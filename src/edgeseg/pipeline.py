@@ -76,32 +76,39 @@ def normalize_and_pad(pixels: np.ndarray, input_size: int, cfg: Preprocess = DEE
     return out
 
 
-def align_corners_matrix(out_size: int, in_size: int, keep: int) -> np.ndarray:
-    """Returns the (keep, in_size) bilinear weights of the first `keep` outputs of an align_corners resize."""
+def align_corners_taps(out_size: int, in_size: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (low index, high index, weight of high) for the first `keep` outputs of an
+    align_corners bilinear resize from in_size to out_size."""
     if in_size == 1 or out_size == 1:
-        weights = np.zeros((keep, in_size), dtype=np.float32)
-        weights[:, 0] = 1.0
-        return weights
+        zeros = np.zeros(keep, dtype=np.intp)
+        return zeros, zeros, np.zeros(keep, dtype=np.float32)
     pos = np.arange(keep, dtype=np.float64) * (in_size - 1) / (out_size - 1)
-    low = np.minimum(np.floor(pos).astype(int), in_size - 2)
-    frac = (pos - low).astype(np.float32)
-    weights = np.zeros((keep, in_size), dtype=np.float32)
-    weights[np.arange(keep), low] = 1.0 - frac
-    weights[np.arange(keep), low + 1] += frac
-    return weights
+    low = np.minimum(np.floor(pos).astype(np.intp), in_size - 2)
+    return low, low + 1, (pos - low).astype(np.float32)
 
 
 def labels_from_logits(logits: np.ndarray, input_size: int, height: int, width: int) -> np.ndarray:
     """Returns argmax labels (height, width) of (h, w, C) logits resized to input_size with align_corners.
 
-    Only the valid (un-padded) region is interpolated: the padding would be cropped anyway.
+    Exact, but cheap: a pixel whose four source corners share one argmax takes that class, because
+    every difference of two classes is bilinear inside a cell and so keeps the sign it has at all four
+    corners. Only pixels in cells with mixed corners are interpolated. The padding is never computed.
     """
-    h, w, channels = logits.shape
-    rows = align_corners_matrix(input_size, h, height)
-    cols = align_corners_matrix(input_size, w, width)
-    tmp = rows @ logits.reshape(h, w * channels).astype(np.float32)  # (height, w*C)
-    tmp = tmp.reshape(height, w, channels).transpose(0, 2, 1)  # (height, C, w)
-    return np.argmax(tmp @ cols.T, axis=1)  # (height, C, width) -> (height, width)
+    values = logits.astype(np.float32, copy=False)
+    row_lo, row_hi, row_w = align_corners_taps(input_size, logits.shape[0], height)
+    col_lo, col_hi, col_w = align_corners_taps(input_size, logits.shape[1], width)
+    coarse = values.argmax(axis=-1).astype(np.uint8)
+    # mixed[i, j]: the cell between source rows i, i+1 and columns j, j+1 has corners of different classes.
+    padded = np.pad(coarse, ((0, 1), (0, 1)), mode="edge")
+    mixed = (padded[:-1, :-1] != padded[1:, :-1]) | (padded[:-1, :-1] != padded[:-1, 1:]) \
+        | (padded[:-1, :-1] != padded[1:, 1:])
+    labels = coarse[row_lo[:, None], col_lo[None, :]]
+    ys, xs = np.nonzero(mixed[row_lo[:, None], col_lo[None, :]])
+    wy, wx = row_w[ys, None], col_w[xs, None]
+    top = values[row_lo[ys], col_lo[xs]] * (1 - wx) + values[row_lo[ys], col_hi[xs]] * wx
+    bottom = values[row_hi[ys], col_lo[xs]] * (1 - wx) + values[row_hi[ys], col_hi[xs]] * wx
+    labels[ys, xs] = (top * (1 - wy) + bottom * wy).argmax(axis=-1)
+    return labels
 
 
 def restore_size(labels: np.ndarray, height: int, width: int) -> np.ndarray:
