@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -6,6 +7,7 @@ from edgeseg.data import voc
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
+from edgeseg.registry import get_entry
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
 from edgeseg.voc import VOC_CLASSES
@@ -90,6 +92,8 @@ def test_int8_target_on_val(voc_root, dm05_model, tmp_path):
     print(f"INT8 {100 * int8:.2f} vs FP32 {100 * fp32:.2f}")
     assert 100 * int8 >= 63.95 - 0.5
     assert 100 * (fp32 - int8) <= 1.0
+    measured = get_entry("deeplabv3_mnv2_dm05_voc").measured  # the card's numbers are reproducible
+    assert (round(100 * int8, 2), round(100 * fp32, 2)) == (measured["miou_int8"], measured["miou_fp32"])
 
 
 # Bad input ---------------------------------------------------------------------------------------------
@@ -138,3 +142,20 @@ def test_unwritable_output_path(tmp_path, capsys):
 def test_export_cli_rejects_conflicts(capsys):
     assert main(["export", "--precision", "fp32", "--input", "uint8"]) == 2
     assert "needs --precision int8" in capsys.readouterr().err
+
+
+def test_channel_scales_requantize_grid_weights_exactly(rng):
+    from edgeseg.export import channel_scales
+
+    def error(weights, scales):
+        scales = scales.reshape(-1, 1, 1, 1)
+        return ((np.clip(np.round(weights / scales), -127, 127) * scales - weights) ** 2).sum()
+
+    grid = 0.0123
+    narrow = rng.integers(-120, 121, size=(8, 3, 3, 4)) * grid  # OHWI; each channel fits int8 on the grid
+    assert error(narrow, channel_scales(narrow, axis=0)) < 1e-20
+    wide = rng.integers(-180, 181, size=(8, 3, 3, 4)) * grid
+    minmax = np.abs(wide).reshape(8, -1).max(1) / 127
+    assert error(wide, channel_scales(wide, axis=0)) <= error(wide, minmax)
+    plain = rng.normal(size=(4, 1, 1, 16))  # no grid: clipping search, never wider than min/max
+    assert np.all(channel_scales(plain, axis=0) <= np.abs(plain).reshape(4, -1).max(1) / 127 + 1e-12)

@@ -170,6 +170,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     options = ExportOptions(
         precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
         calib_root=args.calib_voc_root, calib_split=args.calib_split, calib_count=args.calib_count,
+        weight_ranges=args.weight_ranges,
     ).resolved()  # conflicting options fail here, before the model is built
     model, entry = load_torch_model(args)
     default_name = f"{entry.name}_{options.precision}" + ("" if options.output == "argmax" else f"_{options.output}") \
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
     p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
                    help="int8 weight quantization (default per-channel)")
+    p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",
+                   help="per-channel weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (VOC folder or images/ + masks/)")
     p.add_argument("--calib-split", default="train", help="calibration split (never val)")
     p.add_argument("--calib-count", type=int, default=64, help="number of calibration images")

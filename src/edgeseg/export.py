@@ -45,6 +45,7 @@ class ExportOptions:
     calib_split: str = "train"
     calib_count: int = 64
     input_size: int = 513
+    weight_ranges: str = "mse"  # per-channel weight scales: "mse" (see channel_scales) or "minmax"
 
     def resolved(self) -> ExportOptions:
         """Returns the options with defaults filled in, or raises on a conflicting combination."""
@@ -58,6 +59,8 @@ class ExportOptions:
             return _replace(self, input="float32")
         if self.calib_root is None:
             raise EdgesegError("INT8 export needs calibration images: --calib-voc-root DIR (a VOC or images/ folder)")
+        if self.weight_ranges not in ("mse", "minmax"):
+            raise EdgesegError("--weight-ranges must be mse or minmax")
         if self.calib_count < 1:
             raise EdgesegError("--calib-count must be at least 1")
         return _replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
@@ -125,17 +128,64 @@ def _recipe(granularity: str) -> list[dict]:
     }]
 
 
-def _quantize(float_path: Path, images: list[np.ndarray], granularity: str) -> bytes:
+def channel_scales(weights: np.ndarray, axis: int, qmax: int = 127) -> np.ndarray:
+    """Returns per-channel symmetric scales that minimise the weights' squared rounding error.
+
+    Candidates: max|w|/127, the same shrunk down to 0.6x (clipping), and, when the weights already lie on
+    a value grid (weights dequantized from a QAT model do), small integer multiples of that grid, which
+    re-quantize them exactly. Plain min/max scales add rounding noise the QAT model never saw: on dm 1.0
+    that cost 1.8 mIoU points.
+    """
+    values = weights.astype(np.float64)
+    rows = np.moveaxis(values, axis, 0).reshape(weights.shape[axis], -1)
+    steps = np.diff(np.unique(np.abs(values)))
+    steps = steps[steps > 1e-9]
+    grid = steps.min() if steps.size else None
+    if grid is not None and np.abs(np.abs(values) / grid - np.round(np.abs(values) / grid)).max() > 0.01:
+        grid = None  # an ordinary float model: clipping search only
+    scales = np.empty(rows.shape[0])
+    for channel, row in enumerate(rows):
+        amax = np.abs(row).max()
+        if amax == 0:
+            scales[channel] = 1e-9
+            continue
+        candidates = list(amax / qmax * np.linspace(0.6, 1.0, 41))
+        if grid is not None:
+            k = max(1, int(np.ceil(amax / grid / qmax - 1e-6)))
+            candidates += [grid * m for m in range(max(1, k - 1), k + 3)]
+        errors = [((np.clip(np.round(row / c), -qmax, qmax) * c - row) ** 2).sum() for c in candidates]
+        scales[channel] = candidates[int(np.argmin(errors))]
+    return scales
+
+
+def _weight_ranges(float_path: Path) -> dict:
+    """Returns calibration entries {weight name: {min, max}} that make the quantizer use channel_scales."""
+    tfl = TFLiteFile(float_path)
+    ranges = {}
+    for op in tfl.ops:
+        if op.type not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        weight = tfl.tensors[op.inputs[1]]
+        axis = 0 if op.type == "CONV_2D" else 3  # OHWI / 1HWC
+        shape = [1] * weight.data.ndim
+        shape[axis] = weight.data.shape[axis]
+        bound = (channel_scales(weight.data, axis) * 127).reshape(shape).astype(np.float32)
+        ranges[weight.name] = {"min": -bound, "max": bound}
+    return ranges
+
+
+def _quantize(float_path: Path, images: list[np.ndarray], granularity: str, weight_ranges: str) -> bytes:
     from ai_edge_quantizer import quantizer
 
     input_name = TFLiteFile(float_path).inputs[0].name
-    signature_input = "args_0"
     calibrator = quantizer.Quantizer(str(float_path), _recipe(granularity))
-    ranges = calibrator.calibrate({"serving_default": [{signature_input: x} for x in images]}, num_threads=2)
+    ranges = calibrator.calibrate({"serving_default": [{"args_0": x} for x in images]}, num_threads=2)
     # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
     # pixels map onto it with zero point 128, as in the official files.
     ranges[input_name] = {k: np.full_like(np.asarray(v, np.float32), -1.0 if k == "min" else 127 / 128)
                           for k, v in ranges[input_name].items()}
+    if granularity == "per-channel" and weight_ranges == "mse":
+        ranges.update(_weight_ranges(float_path))
     result = quantizer.Quantizer(str(float_path), _recipe(granularity)).quantize(
         ranges, enable_progress_report=False)
     return bytes(result.quantized_model)
@@ -162,7 +212,7 @@ def export_tflite(
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results; the converter logs a lot
             litert_torch.convert(wrapper, (sample,)).export(str(float_path))
         data = float_path.read_bytes() if options.precision == "fp32" else \
-            _quantize(float_path, images, options.granularity)
+            _quantize(float_path, images, options.granularity, options.weight_ranges)
     tfl_model = read_model(data)
     if options.precision == "int8":
         feed_argmax_integers(tfl_model)
