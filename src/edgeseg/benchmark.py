@@ -76,4 +76,5 @@ def format_results(summaries: list[dict]) -> str:
             f" {s['invoke_p90_ms']:>7.2f} {s['e2e_median_ms']:>8.2f} {s['e2e_p90_ms']:>7.2f}"
             f" {s['decode_median_ms']:>7.2f} {s['preprocess_median_ms']:>6.2f} {s['postprocess_median_ms']:>6.2f}"
         )
-    return "\n".join(lines) + "\n(ms; e2e = decode + preprocess + invoke + postprocess to a label map at the original size)"
+    note = "(ms; e2e = decode + preprocess + invoke + postprocess to a label map at the original size)"
+    return "\n".join([*lines, note])

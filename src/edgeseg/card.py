@@ -104,7 +104,8 @@ def markdown(entries: list[ModelEntry], facts: list[dict], data: str) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(card_row(e, f)) + " |" for e, f in zip(entries, facts)]
     lines += ["", f"Reference on the same data ({data}) and published figures (full VOC12 val, 1,449 images):", "",
-              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit |", "| --- | --- | --- | --- |"]
+              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit |",
+              "| --- | --- | --- | --- |"]
     for entry, fact in zip(entries, facts):
         official = fact["miou"].get("official_int8")
         lines.append(f"| {entry.name} | {'-' if official is None else f'{official:.2f}'} | "

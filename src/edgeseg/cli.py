@@ -8,8 +8,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgeseg.errors import EdgesegError
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
@@ -135,6 +133,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise EdgesegError(f"{failures} of {len(args.images)} images could not be read")
 
 
+def remap_for(dataset, class_names: tuple[str, ...], root: Path):
+    """Returns the dataset, with VOC masks remapped when a fine-tuned model predicts a subset of VOC classes."""
+    from edgeseg.data import RemappedDataset, label_lut, resolve_label_map
+
+    lut = label_lut(resolve_label_map("auto", class_names, root), class_names)
+    return dataset if lut is None else RemappedDataset(dataset, lut, class_names)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from edgeseg.data import open_dataset
     from edgeseg.evaluate import evaluate, format_table
@@ -142,6 +148,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     dataset = open_dataset(args.voc_root, args.split, args.limit)
     opened = open_model(args)
+    dataset = remap_for(dataset, opened.class_names, args.voc_root)
     result = evaluate(opened.runtime, dataset, opened.class_names, skip_bad=args.skip_bad)
     print(f"{opened.description} on {dataset.description}")
     print(format_table(result))
@@ -316,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.set_defaults(func=cmd_benchmark)
+
+    from edgeseg.train import add_train_parser  # imports torch lazily, inside the command
+
+    add_train_parser(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image
+from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -108,3 +109,63 @@ def open_dataset(root: str | Path, split: str = "val", limit: int | None = None)
         return voc(root, split, limit)
     split_root = root / split if (root / split / "images").is_dir() else root
     return image_mask_folders(split_root, limit)
+
+
+def resolve_label_map(mode: str, names: tuple[str, ...], data: Path) -> str:
+    """Returns 'voc' (VOC labels -> index in `names`, others -> 0) or 'none' (labels used as they are).
+
+    'auto' picks 'voc' for a VOCdevkit folder when the names are VOC class names other than VOC's own list.
+    """
+    if mode == "none":
+        return "none"
+    is_subset = set(names) <= set(VOC_CLASSES)
+    if mode == "voc":
+        if not is_subset:
+            unknown = [n for n in names if n not in VOC_CLASSES]
+            raise EdgesegError(f"--label-map voc: {', '.join(unknown)} not VOC class names")
+    elif mode == "auto":
+        if not (is_subset and tuple(names) != VOC_CLASSES and (Path(data) / "ImageSets").is_dir()):
+            return "none"
+    else:
+        raise EdgesegError(f"--label-map {mode}: expected auto, voc or none")
+    if names[0] != "background":
+        raise EdgesegError("remapping VOC labels sends unlisted classes to 0, so the first class must be "
+                           f"'background' (got {names[0]!r})")
+    return "voc"
+
+
+def label_lut(label_map: str, names: tuple[str, ...]) -> np.ndarray | None:
+    """Returns a 256-entry uint8 table from source labels to training labels (None for 'none')."""
+    if label_map == "none":
+        return None
+    lut = np.zeros(256, dtype=np.uint8)
+    for source, name in enumerate(VOC_CLASSES):
+        if name in names:
+            lut[source] = names.index(name)
+    lut[IGNORE_INDEX] = IGNORE_INDEX
+    return lut
+
+
+class RemappedDataset:
+    """A dataset whose `load(sample)` returns masks with labels sent through a lookup table.
+
+    Has what `edgeseg.evaluate.evaluate` uses: `samples`, `description`, `len()`, `load()`.
+    """
+
+    def __init__(self, base, lut: np.ndarray | None, names: tuple[str, ...], limit: int | None = None):
+        self.base = base
+        self.lut = lut
+        self.samples = list(base.samples if limit is None else base.samples[:limit])
+        suffix = f" [labels mapped to {','.join(names)}]" if lut is not None else ""
+        self.description = base.description + suffix
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, sample) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.base.load(sample)
+        return image, (mask if self.lut is None else self.lut[mask])
+
+    def __iter__(self):
+        for sample in self.samples:
+            yield (sample, *self.load(sample))

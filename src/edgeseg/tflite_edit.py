@@ -15,6 +15,10 @@ from ai_edge_litert import schema_py_generated as schema
 _OPS = schema.BuiltinOperator
 
 
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def read_model(data: bytes) -> schema.ModelT:
     """Returns the model with every buffer held inline (quantizer output appends them by offset)."""
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
@@ -86,7 +90,7 @@ def retype_input(model: schema.ModelT, dtype: str) -> None:
     int8_input = graph.tensors[old]
     new_input = schema.TensorT()
     new_input.shape, new_input.name = list(int8_input.shape), int8_input.name
-    int8_input.name = (int8_input.name.decode() if isinstance(int8_input.name, bytes) else int8_input.name) + "_int8"
+    int8_input.name = _text(int8_input.name) + "_int8"
     if dtype == "uint8":
         new_input.type = schema.TensorType.UINT8
         new_input.quantization = schema.QuantizationParametersT()
@@ -117,7 +121,7 @@ def add_metadata(model: schema.ModelT, name: str, data: bytes) -> None:
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = name, len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if (m.name.decode() if isinstance(m.name, bytes) else m.name) != name]
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name]
     model.metadata.append(entry)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edgeseg.data import RemappedDataset, label_lut, resolve_label_map
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, ensure_writable_dir
 from edgeseg.pipeline import DEEPLAB
@@ -76,66 +77,6 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
     if len(names) < 2:
         raise EdgesegError(f"--classes {spec!r}: need at least 2 classes")
     return names
-
-
-def resolve_label_map(mode: str, names: tuple[str, ...], data: Path) -> str:
-    """Returns 'voc' (VOC labels -> index in `names`, others -> 0) or 'none' (labels used as they are).
-
-    'auto' picks 'voc' for a VOCdevkit folder when the names are VOC class names other than VOC's own list.
-    """
-    if mode == "none":
-        return "none"
-    is_subset = set(names) <= set(VOC_CLASSES)
-    if mode == "voc":
-        if not is_subset:
-            unknown = [n for n in names if n not in VOC_CLASSES]
-            raise EdgesegError(f"--label-map voc: {', '.join(unknown)} not VOC class names")
-    elif mode == "auto":
-        if not (is_subset and tuple(names) != VOC_CLASSES and (Path(data) / "ImageSets").is_dir()):
-            return "none"
-    else:
-        raise EdgesegError(f"--label-map {mode}: expected auto, voc or none")
-    if names[0] != "background":
-        raise EdgesegError("remapping VOC labels sends unlisted classes to 0, so the first class must be "
-                           f"'background' (got {names[0]!r})")
-    return "voc"
-
-
-def label_lut(label_map: str, names: tuple[str, ...]) -> np.ndarray | None:
-    """Returns a 256-entry uint8 table from source labels to training labels (None for 'none')."""
-    if label_map == "none":
-        return None
-    lut = np.zeros(256, dtype=np.uint8)
-    for source, name in enumerate(VOC_CLASSES):
-        if name in names:
-            lut[source] = names.index(name)
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut
-
-
-class RemappedDataset:
-    """A dataset whose `load(sample)` returns masks with labels sent through a lookup table.
-
-    Has what `edgeseg.evaluate.evaluate` uses: `samples`, `description`, `len()`, `load()`.
-    """
-
-    def __init__(self, base, lut: np.ndarray | None, names: tuple[str, ...], limit: int | None = None):
-        self.base = base
-        self.lut = lut
-        self.samples = list(base.samples if limit is None else base.samples[:limit])
-        suffix = f" [labels mapped to {','.join(names)}]" if lut is not None else ""
-        self.description = base.description + suffix
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, sample) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = self.base.load(sample)
-        return image, (mask if self.lut is None else self.lut[mask])
-
-    def __iter__(self):
-        for sample in self.samples:
-            yield (sample, *self.load(sample))
 
 
 def validate_dataset(dataset: RemappedDataset, num_labels: int, *, progress: bool = False) -> None:
@@ -540,7 +481,7 @@ def _run_training(config: dict, *, resume: bool, dist: Dist, workers: int, progr
 
     device = torch.device(dist.device)
     seed_everything(config["seed"], dist.device)
-    model = create_model(config["init"], num_classes=num_classes).to(device).train()
+    model = create_model(config["init"], class_names=names).to(device).train()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(

@@ -54,19 +54,27 @@ def build_model(entry: ModelEntry, num_classes: int | None = None):
     )
 
 
-def create_model(name: str, *, pretrained: bool = True, num_classes: int | None = None):
+def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, ...] | None = None):
     """Returns the zoo model `name` as a torch module, with the official weights if `pretrained`.
 
-    With a `num_classes` different from the entry's, everything but the final classifier is pretrained.
+    With other `class_names`, backbone and head are pretrained and the classifier is new; its rows for
+    classes the entry already knows (e.g. background, person) start from the pretrained rows, so a
+    fine-tune begins from the pretrained model's own decision between those classes.
     """
     entry = get_entry(name)
-    model = build_model(entry, num_classes)
+    names = tuple(class_names or entry.class_names)
+    model = build_model(entry, len(names))
     if not pretrained:
         return model
     state = pretrained_state_dict(entry)
-    if num_classes not in (None, entry.num_classes):
-        state = {k: v for k, v in state.items() if not k.startswith("head.classifier.")}
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.classifier.")})
+    if names != entry.class_names:
+        fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
+        for i, class_name in enumerate(names):
+            if class_name in entry.class_names:
+                source = entry.class_names.index(class_name)
+                for key in fresh:
+                    fresh[key][i] = state[key][source]
+        state = {**{k: v for k, v in state.items() if not k.startswith("head.classifier.")}, **fresh}
     _check_and_load(model, state, entry.weights.filename)
     return model
 

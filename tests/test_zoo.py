@@ -1,0 +1,43 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgeseg.errors import EdgesegError
+from edgeseg.registry import get_entry
+from edgeseg.zoo import checkpoint_entry, create_model, load_checkpoint, save_checkpoint
+
+NAME = "deeplabv3_mnv2_dm05_voc"
+
+
+def test_new_classifier_starts_from_matching_pretrained_rows(dm05_model):
+    model = create_model(NAME, class_names=("background", "person", "zebra"))
+    full = dm05_model.state_dict()
+    new = model.state_dict()
+    assert new["head.classifier.conv.weight"].shape[0] == 3
+    for row, source in ((0, 0), (1, 15)):
+        assert torch.equal(new["head.classifier.conv.weight"][row], full["head.classifier.conv.weight"][source])
+    assert not torch.equal(new["head.classifier.conv.weight"][2], full["head.classifier.conv.weight"][0])
+    assert torch.equal(new["backbone.stem.conv.weight"], full["backbone.stem.conv.weight"])
+
+
+def test_checkpoint_round_trip_carries_class_names(tmp_path):
+    names = ("background", "person")
+    model = create_model(NAME, class_names=names)
+    entry = get_entry(NAME)
+    from dataclasses import replace
+
+    save_checkpoint(model, tmp_path / "m.safetensors", replace(entry, class_names=names), NAME)
+    loaded, loaded_entry = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded_entry.class_names == names and loaded_entry.width_mult == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_foreign_or_broken_checkpoints_are_clear_errors(tmp_path):
+    save_file({"x": torch.zeros(1)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(EdgesegError, match="not an edgeseg checkpoint"):
+        checkpoint_entry(tmp_path / "foreign.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(EdgesegError, match="not a safetensors checkpoint"):
+        checkpoint_entry(tmp_path / "broken.safetensors")
+    with pytest.raises(EdgesegError, match="no such file"):
+        checkpoint_entry(tmp_path / "missing.safetensors")
