@@ -103,3 +103,60 @@ def test_console_script_prints_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "bad.png: cannot read image" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_mask_label_is_one_line_and_skippable(voc_root, dm05_official, tmp_path, capsys):
+    root = _bad_voc(voc_root, tmp_path)
+    first = (root / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    (root / "JPEGImages" / f"{first}.jpg").write_bytes((voc_root / "JPEGImages" / f"{first}.jpg").read_bytes())
+    mask_path = root / "SegmentationClass" / f"{first}.png"
+    with Image.open(mask_path) as mask:
+        values = np.asarray(mask).copy()
+        palette = mask.getpalette()
+    values[0, 0] = 42
+    broken = Image.fromarray(values, mode="P")
+    broken.putpalette(palette)
+    broken.save(mask_path)
+    args = ["evaluate", "--voc-root", str(root), "--tflite", str(dm05_official)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("edgeseg: error:") and f"{first}.png: labels [42] outside 0..20" in last
+    assert "Traceback" not in err
+    assert main([*args, "--skip-bad"]) == 0  # the corrupt image and the bad mask are both skipped
+    assert "1 images" in capsys.readouterr().out
+
+
+def test_outputs_that_are_folders_fail_before_any_work(voc_root, dm05_official, tmp_path, capsys):
+    code = main(["evaluate", "--voc-root", str(voc_root), "--tflite", str(dm05_official), "--json", str(tmp_path)])
+    assert code == 2 and "is a folder; expected a file name" in capsys.readouterr().err
+
+
+def test_predict_keeps_going_past_a_bad_image_and_refuses_clashing_names(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    code = main(["predict", str(bad), _demo("chelsea.png"), "-o", str(tmp_path / "out"), "--backend", "litert"])
+    captured = capsys.readouterr()
+    assert code == 2 and "chelsea.png: cat" in captured.out
+    assert "bad.png: cannot read image" in captured.err and "1 of 2 images could not be read" in captured.err
+    assert (tmp_path / "out" / "chelsea_overlay.png").is_file()
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "chelsea.jpg")
+    assert main(["predict", _demo("chelsea.png"), str(tmp_path / "sub" / "chelsea.jpg")]) == 2
+    assert "several images are named 'chelsea'" in capsys.readouterr().err
+
+
+def test_models_lists_entries_and_local_weights(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "deeplabv3_mnv2_dm05_voc" in out and "deeplabv3_mnv2_dm10_voc" in out and "present" in out
+
+
+@pytest.mark.parametrize("args", [["evaluate", "--voc-root", "x", "--limit", "0"],
+                                  ["predict", "x.jpg", "--threads", "0"],
+                                  ["export", "--calib-count", "-1"],
+                                  ["benchmark", "x.tflite", "--runs", "0"]])
+def test_numeric_options_are_checked_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and "must be at least 1" in capsys.readouterr().err

@@ -81,3 +81,16 @@ def test_not_a_dataset(tmp_path):
         open_dataset(tmp_path)
     with pytest.raises(EdgesegError, match="no such folder"):
         open_dataset(tmp_path / "nope")
+
+
+def test_split_folders_and_unknown_splits(tmp_path, voc_root):
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir()
+        Image.new("RGB", (8, 6)).save(tmp_path / split / "images" / f"{split}.jpg")
+        Image.fromarray(np.zeros((6, 8), np.uint8), mode="L").save(tmp_path / split / "masks" / f"{split}.png")
+    assert open_dataset(tmp_path, "val").samples[0].id == "val"
+    with pytest.raises(EdgesegError, match="no split 'test'; splits here: train, val"):
+        open_dataset(tmp_path, "test")
+    with pytest.raises(EdgesegError, match="no split 'nope'; splits here: train, val"):
+        open_dataset(voc_root, "nope")

@@ -49,3 +49,14 @@ def test_threads_do_not_change_results(voc_root, dm05_official):
     one = segment(image, LiteRTRuntime(dm05_official, num_threads=1))
     two = segment(image, LiteRTRuntime(dm05_official, num_threads=2))
     np.testing.assert_array_equal(one, two)
+
+
+def test_pixel_input_rule_depends_on_the_dtype():
+    from edgeseg.runtimes.litert import _quantize_values, is_pixel_input
+
+    assert is_pixel_input(1 / 128, 128, np.uint8) and is_pixel_input(1 / 128, 0, np.int8)
+    assert not is_pixel_input(1 / 128, 0, np.uint8) and not is_pixel_input(1 / 128, 128, np.int8)
+    # Any other quantization gets x*2/255-1 quantized exactly (round half away from zero, clipped).
+    values = np.array([0, 128, 255]) * 2 / 255 - 1
+    assert _quantize_values(values, 1 / 100, 3, np.int8).tolist() == [-97, 3, 103]
+    assert _quantize_values(np.array([-0.25, 0.25, 9.0]), 0.5, 0, np.int8).tolist() == [-1, 1, 18]

@@ -132,9 +132,11 @@ def test_bad_labels_are_reported_before_training(tmp_path, capsys):
     ok = np.zeros((40, 40))
     bad = ok.copy()
     bad[0, 0] = 30
-    data = _folder(tmp_path / "data", {"a": ok, "b": bad, "c": np.full((30, 40), 1), "d": ok + 255})
+    data = tmp_path / "data"
+    _folder(data / "train", {"a": ok, "b": bad, "c": np.full((30, 40), 1), "d": ok + 255})
+    _folder(data / "val", {"a": ok})
     out = tmp_path / "run"
-    assert _train("--data", data, "--train-split", "x", "--classes", "2", "--out", out) == 2
+    assert _train("--data", data, "--classes", "2", "--out", out) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "2 of 4 image/mask pairs are bad" in err
     assert "b.png: labels [30]" in err and "c.png: mask is 40x30, image is 40x40" in err
@@ -144,6 +146,12 @@ def test_bad_labels_are_reported_before_training(tmp_path, capsys):
 def test_missing_data_and_bad_options_are_one_line_errors(tmp_path, tiny_voc, capsys):
     assert _train("--data", tmp_path / "nope", "--out", tmp_path / "run") == 2
     assert capsys.readouterr().err.strip() == f"edgeseg: error: {tmp_path / 'nope'}: no such folder"
+    single = _folder(tmp_path / "single", {"a": np.zeros((40, 40))})
+    assert _train("--data", single, "--classes", "2", "--out", tmp_path / "run") == 2
+    assert "no separate val split" in capsys.readouterr().err
+    for option in ("--seed", "--momentum", "--weight-decay"):
+        assert _train("--data", tiny_voc, option, "-1", "--out", tmp_path / "run") == 2
+        assert "must be 0 or more" in capsys.readouterr().err
     assert _train("--classes", "2") == 2
     assert "--data DIR is required" in capsys.readouterr().err
     assert _train("--resume", tmp_path) == 2

@@ -7,7 +7,6 @@ against the i.MX 8M Plus VX delegate's documented list, and draw per-class IoU a
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from edgeseg.complexity import count_ops, count_params
 from edgeseg.data import SegmentationFolder
 from edgeseg.evaluate import EvalResult, evaluate
 from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
-from edgeseg.files import atomic_path
+from edgeseg.files import atomic_path, write_json
 from edgeseg.registry import ModelEntry
 from edgeseg.runtimes.litert import LiteRTRuntime
 
@@ -41,8 +40,8 @@ def _mb(num_bytes: int) -> str:
 
 
 def measure(
-    item: CardModel, dataset: SegmentationFolder, out_dir: Path, *, calib_root: Path, calib_split: str = "train",
-    calib_count: int = 64, threads: int | None = 2, reuse_exports: bool = False,
+    item: CardModel, dataset: SegmentationFolder, out_dir: Path, *, calib_root: Path, calib_count: int = 64,
+    threads: int | None = 2, reuse_exports: bool = False,
 ) -> dict:
     """Returns the measured card facts for one model, exporting its .tflite files into out_dir."""
     entry = item.entry
@@ -54,7 +53,7 @@ def measure(
             continue
         options = ExportOptions(precision=precision, input_size=size,
                                 calib_root=calib_root if precision == "int8" else None,
-                                calib_split=calib_split, calib_count=calib_count)
+                                calib_count=calib_count)
         export_tflite(item.model, entry.class_names, path, options)
     results: dict[str, EvalResult] = {}
     for precision, path in files.items():
@@ -70,13 +69,12 @@ def measure(
         "fp32_bytes": files["fp32"].stat().st_size,
         "int8_bytes": files["int8"].stat().st_size,
         "miou": {k: round(100 * r.miou, 2) for k, r in results.items()},
-        "per_class_iou": {k: [None if np.isnan(v) else round(100 * float(v), 2) for v in r.confusion.iou()]
-                          for k, r in results.items()},
+        "per_class_iou": {k: r.confusion.iou_percent() for k, r in results.items()},
         "int8_confusion": results["int8"].confusion.matrix.tolist(),
         "int8_ops": int8_report["ops"],
         "int8_float_compute_ops": int8_report["float_compute_ops"],
         "vx_unsupported_ops": unsupported_ops(int8_report["ops"]),
-        "calibration": {"split": calib_split, "count": calib_count},
+        "calibration": {"split": "train", "count": calib_count, "reused_exports": reuse_exports},
         "files": {k: str(v) for k, v in files.items()},
     }
 
@@ -164,8 +162,7 @@ def plot_charts(entry: ModelEntry, fact: dict, out_dir: Path) -> list[Path]:
 
 def write_card(entries: list[ModelEntry], facts: list[dict], data: str, out_dir: Path) -> Path:
     """Writes card.md and card.json into out_dir; returns the Markdown path."""
-    with atomic_path(out_dir / "card.json") as tmp:
-        tmp.write_text(json.dumps({"data": data, "models": facts}, indent=2))
+    write_json(out_dir / "card.json", {"data": data, "models": facts})
     path = out_dir / "card.md"
     with atomic_path(path) as tmp:
         tmp.write_text(markdown(entries, facts, data))

@@ -1,4 +1,5 @@
-"""The `edgeseg` command line. Every user-facing failure is one line on stderr and exit code 2."""
+"""The `edgeseg` command line. A failure is one `edgeseg: error:` line on stderr and exit code 2
+(argparse's own usage errors also exit 2, after the usage text)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgeseg.errors import EdgesegError
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
-CLASSES_METADATA = "edgeseg_class_names"  # the same name edgeseg.export writes
 DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 
@@ -32,7 +34,7 @@ def _torch_available() -> bool:
 
 def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
     """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
     from edgeseg.voc import VOC_CLASSES
 
     stored = TFLiteFile(path).metadata(CLASSES_METADATA)
@@ -50,7 +52,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors from `edgeseg train`)")
     parser.add_argument("--backend", choices=["torch", "litert"],
                         help="torch (FP32) or litert; default torch for --model when installed")
-    parser.add_argument("--threads", type=int, default=None, help="LiteRT CPU threads (default: LiteRT's)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
 
 
 def open_model(args: argparse.Namespace) -> OpenedModel:
@@ -103,12 +106,22 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name:<26} {entry.num_classes:>7} {published:>25}  {where}")
 
 
+def with_names_for(labels: np.ndarray, class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Returns the class names, extended with class_<i> if the model predicts indices beyond them."""
+    top = int(labels.max(initial=0))
+    return class_names + tuple(f"class_{i}" for i in range(len(class_names), top + 1))
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from edgeseg.files import atomic_path, ensure_writable_dir
     from edgeseg.pipeline import load_image, segment
     from edgeseg.visualize import class_shares, label_image, overlay
 
     out_dir = ensure_writable_dir(args.output)
+    stems = [Path(p).stem for p in args.images]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise EdgesegError(f"several images are named {repeated[0]!r}: their outputs would overwrite each other")
     opened = open_model(args)
     failures = 0
     for path in args.images:
@@ -122,12 +135,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
             failures += 1
             continue
         labels = segment(pixels, opened.runtime)
+        names = with_names_for(labels, opened.class_names)
         stem = Path(path).stem
         with atomic_path(out_dir / f"{stem}_labels.png") as tmp:
             label_image(labels).save(tmp, format="PNG")
         with atomic_path(out_dir / f"{stem}_overlay.png") as tmp:
-            overlay(pixels, labels, opened.class_names).save(tmp, format="PNG")
-        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in class_shares(labels, opened.class_names))
+            overlay(pixels, labels, names).save(tmp, format="PNG")
+        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in class_shares(labels, names))
         print(f"{path}: {shares}")
     if failures:
         raise EdgesegError(f"{failures} of {len(args.images)} images could not be read")
@@ -144,8 +158,10 @@ def remap_for(dataset, class_names: tuple[str, ...], root: Path):
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from edgeseg.data import open_dataset
     from edgeseg.evaluate import evaluate, format_table
-    from edgeseg.files import atomic_path
+    from edgeseg.files import check_output_file, write_json
 
+    if args.json:
+        check_output_file(args.json)  # before the work, not after
     dataset = open_dataset(args.voc_root, args.split, args.limit)
     opened = open_model(args)
     dataset = remap_for(dataset, opened.class_names, args.voc_root)
@@ -153,9 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{opened.description} on {dataset.description}")
     print(format_table(result))
     if args.json:
-        report = {"model": opened.description, "data": dataset.description, **result.to_dict()}
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(args.json, {"model": opened.description, "data": dataset.description, **result.to_dict()})
 
 
 def load_torch_model(args: argparse.Namespace):
@@ -180,9 +194,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         weight_ranges=args.weight_ranges,
     ).resolved()  # conflicting options fail here, before the model is built
     model, entry = load_torch_model(args)
-    default_name = f"{entry.name}_{options.precision}" + ("" if options.output == "argmax" else f"_{options.output}") \
-        + ("" if options.granularity in (None, "per-channel") else "_per_tensor") \
-        + ("" if options.input in ("uint8", "float32") else f"_{options.input}_input")
+    default_name = "_".join([entry.name, options.precision, *export_suffixes(options)])
     path = args.o or Path("exports") / f"{default_name}.tflite"
     report = export_tflite(model, entry.class_names, path, options)
     print(f"wrote {path} ({report['bytes']} bytes) in {report['seconds']} s")
@@ -196,6 +208,16 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"calibrated on {report['calibration_images']} {options.calib_split} images")
 
 
+def export_suffixes(options) -> list[str]:
+    """Returns file-name parts for every export option that differs from its default."""
+    parts = [] if options.output == "argmax" else [options.output]
+    if options.precision == "int8":
+        parts += [] if options.input == "uint8" else [f"{options.input}_input"]
+        parts += [] if options.granularity == "per-channel" else ["per_tensor"]
+        parts += [] if options.weight_ranges == "mse" else [f"{options.weight_ranges}_weights"]
+    return parts
+
+
 def cmd_card(args: argparse.Namespace) -> None:
     from edgeseg.card import CardModel, measure, plot_charts, write_card
     from edgeseg.data import open_dataset
@@ -205,6 +227,7 @@ def cmd_card(args: argparse.Namespace) -> None:
 
     out_dir = ensure_writable_dir(args.output)
     dataset = open_dataset(args.voc_root, args.split, args.limit)
+    open_dataset(args.calib_voc_root or args.voc_root, "train")  # calibration data, checked before any work
     if args.weights is not None:
         model, entry = load_torch_model(args)
         items = [CardModel(entry, model)]
@@ -226,6 +249,17 @@ def cmd_card(args: argparse.Namespace) -> None:
     print(path.read_text())
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _thread_list(text: str) -> list[int]:
     try:
         threads = [int(t) for t in text.split(",") if t.strip()]
@@ -238,11 +272,11 @@ def _thread_list(text: str) -> list[int]:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from edgeseg.benchmark import benchmark_file, format_results
-    from edgeseg.files import atomic_path
+    from edgeseg.files import check_output_file, write_json
     from edgeseg.pipeline import load_image
 
-    if args.runs < 1 or args.warmup < 0:
-        raise EdgesegError("--runs must be at least 1 and --warmup at least 0")
+    if args.json:
+        check_output_file(args.json)
     load_image(args.image)  # a bad image fails here, before any model is loaded
     summaries = []
     for path in args.files:
@@ -252,8 +286,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
             summaries.append(result.summary())
     print(format_results(summaries))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(summaries, indent=2))
+        write_json(args.json, summaries)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VOCdevkit/VOC2012-style folder, or a folder with images/ and masks/")
     p.add_argument("--split", default="val")
     add_model_args(p)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -295,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",
                    help="per-channel weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (VOC folder or images/ + masks/)")
-    p.add_argument("--calib-split", default="train", help="calibration split (never val)")
-    p.add_argument("--calib-count", type=int, default=64, help="number of calibration images")
+    p.add_argument("--calib-split", default="train", help="calibration split (default train; val warns)")
+    p.add_argument("--calib-count", type=positive_int, default=64, help="number of calibration images")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("card", help="measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")
@@ -307,17 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors)")
     p.add_argument("-o", "--output", type=Path, default=Path("card_out"), help="folder for card, exports, charts")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (default: --voc-root, train split)")
-    p.add_argument("--calib-count", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--limit", type=int, help="only the first N evaluation images")
+    p.add_argument("--calib-count", type=positive_int, default=64)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--limit", type=positive_int, help="only the first N evaluation images")
     p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("benchmark", help="LiteRT latency: invoke alone and the whole pipeline, per stage")
     p.add_argument("files", nargs="+", type=Path, help=".tflite files")
     p.add_argument("--threads", type=_thread_list, default=[1, 2], help="comma-separated, e.g. 1,2,4")
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--runs", type=positive_int, default=30)
+    p.add_argument("--warmup", type=int, choices=range(0, 1000), metavar="N", default=5)
     p.add_argument("--delegate", type=Path, help="external delegate library, e.g. /usr/lib/libvx_delegate.so")
     p.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE,
                    help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")

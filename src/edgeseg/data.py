@@ -73,16 +73,22 @@ class SegmentationFolder:
 def voc(root: str | Path, split: str = "val", limit: int | None = None) -> SegmentationFolder:
     """Returns the VOCdevkit split at root (the folder holding JPEGImages/, SegmentationClass/)."""
     root = Path(root)
-    split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    split_dir = root / "ImageSets" / "Segmentation"
+    split_file = split_dir / f"{split}.txt"
     if not split_file.is_file():
-        raise EdgesegError(f"{root}: not a VOC folder (no {split_file.relative_to(root)})")
+        known = sorted(p.stem for p in split_dir.glob("*.txt"))
+        if not known:
+            raise EdgesegError(f"{root}: not a VOC folder (no ImageSets/Segmentation/*.txt)")
+        raise EdgesegError(f"{root}: no split {split!r}; splits here: {', '.join(known)}")
     ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise EdgesegError(f"{split_file}: lists no images")
     if limit is not None:
         ids = ids[:limit]
     samples = [
         Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
     ]
-    return SegmentationFolder(samples, f"VOC {split} ({root})")
+    return SegmentationFolder(samples, f"VOC {split} split ({root})")
 
 
 def image_mask_folders(root: str | Path, limit: int | None = None) -> SegmentationFolder:
@@ -107,8 +113,12 @@ def open_dataset(root: str | Path, split: str = "val", limit: int | None = None)
         raise EdgesegError(f"{root}: no such folder")
     if (root / "ImageSets").is_dir():
         return voc(root, split, limit)
-    split_root = root / split if (root / split / "images").is_dir() else root
-    return image_mask_folders(split_root, limit)
+    splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    if splits:  # root/<split>/images + masks
+        if split not in splits:
+            raise EdgesegError(f"{root}: no split {split!r}; splits here: {', '.join(splits)}")
+        return image_mask_folders(root / split, limit)
+    return image_mask_folders(root, limit)  # one images/ + masks/ pair: every split is the same data
 
 
 def resolve_label_map(mode: str, names: tuple[str, ...], data: Path) -> str:

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.data import SegmentationFolder
+from edgeseg.data import RemappedDataset, SegmentationFolder
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.pipeline import Runtime, segment
+from edgeseg.voc import IGNORE_INDEX
 
 
 @dataclass
@@ -28,12 +29,10 @@ class EvalResult:
         return self.confusion.miou()
 
     def to_dict(self) -> dict:
-        iou = self.confusion.iou()
         return {
             "miou": round(100 * self.miou, 2),
             "pixel_accuracy": round(100 * self.confusion.pixel_accuracy(), 2),
-            "per_class_iou": {n: None if np.isnan(v) else round(100 * float(v), 2)
-                              for n, v in zip(self.class_names, iou)},
+            "per_class_iou": dict(zip(self.class_names, self.confusion.iou_percent())),
             "num_images": self.num_images,
             "images_per_second": round(self.num_images / self.seconds, 2) if self.seconds else None,
             "skipped": self.skipped,
@@ -42,7 +41,7 @@ class EvalResult:
 
 
 def evaluate(
-    runtime: Runtime, dataset: SegmentationFolder, class_names: tuple[str, ...], *,
+    runtime: Runtime, dataset: SegmentationFolder | RemappedDataset, class_names: tuple[str, ...], *,
     skip_bad: bool = False, progress: bool = True, predictions: list | None = None,
 ) -> EvalResult:
     """Returns the VOC metrics of `runtime` over `dataset`.
@@ -58,6 +57,7 @@ def evaluate(
     for sample in bar:
         try:
             image, mask = dataset.load(sample)
+            check_labels(mask, len(class_names), sample.mask_path)
         except EdgesegError as exc:
             if not skip_bad:
                 raise
@@ -73,6 +73,14 @@ def evaluate(
             predictions.append(labels)
     seconds = time.perf_counter() - start
     return EvalResult(class_names, confusion, len(dataset) - len(skipped), seconds, skipped)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path) -> None:
+    """Raises a one-line error if the mask holds a label that is neither a class index nor 255."""
+    labels = np.unique(mask)
+    bad = labels[(labels >= num_classes) & (labels != IGNORE_INDEX)]
+    if bad.size:
+        raise EdgesegError(f"{path}: labels {bad.tolist()[:5]} outside 0..{num_classes - 1} (and 255 = ignore)")
 
 
 def format_table(result: EvalResult) -> str:

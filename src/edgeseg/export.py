@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,8 @@ from tqdm import tqdm
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, ensure_writable_dir
 from edgeseg.pipeline import DEEPLAB, load_image, normalize_and_pad
-from edgeseg.tflite_file import TFLiteFile
+from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
 
-CLASSES_METADATA = "edgeseg_class_names"
 PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
     ("argmax", "logits"), ("per-channel", "per-tensor")
 
@@ -56,20 +55,17 @@ class ExportOptions:
                 raise EdgesegError(f"--input {self.input} needs --precision int8 (an FP32 model takes float32)")
             if self.granularity is not None or self.calib_root is not None:
                 raise EdgesegError("--granularity and --calib-voc-root apply to --precision int8 only")
-            return _replace(self, input="float32")
+            return replace(self, input="float32")
         if self.calib_root is None:
             raise EdgesegError("INT8 export needs calibration images: --calib-voc-root DIR (a VOC or images/ folder)")
         if self.weight_ranges not in ("mse", "minmax"):
             raise EdgesegError("--weight-ranges must be mse or minmax")
         if self.calib_count < 1:
             raise EdgesegError("--calib-count must be at least 1")
-        return _replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
-
-
-def _replace(options: ExportOptions, **changes) -> ExportOptions:
-    from dataclasses import replace
-
-    return replace(options, **changes)
+        if self.calib_split == "val":
+            print("warning: calibrating on the val split: its mIoU is then no longer an independent measure",
+                  file=sys.stderr)
+        return replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
 
 
 class DeployModel(nn.Module):

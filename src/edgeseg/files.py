@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,15 +24,53 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     return folder
 
 
+def check_output_file(path: str | Path) -> Path:
+    """Returns the path if a file can be written there (its folder is created), else raises one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgesegError(f"{path} is a folder; expected a file name")
+    ensure_writable_dir(path.parent)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temp path to write; on success it replaces `path`, on failure it is removed."""
-    path = Path(path)
-    ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+    path = check_output_file(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+    except OSError as exc:
+        raise EdgesegError(f"cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: object) -> None:
+    """Writes `data` as indented JSON, atomically (NaN is written as null, which JSON can hold)."""
+    text = json.dumps(_nan_to_none(data), indent=2)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _nan_to_none(value: object) -> object:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value

@@ -64,16 +64,7 @@ def state_dict_from_tflite(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_official_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Copies the official file's weights into `model`, failing on any missing, extra or misshaped tensor."""
-    imported = state_dict_from_tflite(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(imported))
-    extra = sorted(set(imported) - set(expected))
-    if missing or extra:
-        raise EdgesegError(f"{path}: weights do not match the model: missing {missing[:3]}, extra {extra[:3]}")
-    for name, value in imported.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise EdgesegError(
-                f"{path}: {name} has shape {tuple(value.shape)}, model expects {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(imported, strict=True)
+    from edgeseg.zoo import load_state_checked
+
+    load_state_checked(model, state_dict_from_tflite(path), str(path))
     return model

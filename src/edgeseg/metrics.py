@@ -32,6 +32,10 @@ class ConfusionMatrix:
         with np.errstate(invalid="ignore", divide="ignore"):
             return tp / union
 
+    def iou_percent(self) -> list[float | None]:
+        """Returns per-class IoU in percent, rounded to 2 decimals, None for an absent class."""
+        return [None if np.isnan(v) else round(100 * float(v), 2) for v in self.iou()]
+
     def miou(self) -> float:
         """Returns the mean IoU over classes (classes absent from both sides are left out, as NaN)."""
         return float(np.nanmean(self.iou()))

@@ -40,7 +40,9 @@ def load_image(path: str | Path) -> np.ndarray:
             return to_rgb(img)
     except FileNotFoundError:
         raise EdgesegError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except IsADirectoryError:
+        raise EdgesegError(f"{path}: a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EdgesegError(f"{path}: cannot read image ({exc})") from None
 
 

@@ -6,11 +6,11 @@ front of an int8 model, ARG_MAX fed int8 directly, and edgeseg metadata (class n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+
+from edgeseg.tflite_file import builtin_code
 
 _OPS = schema.BuiltinOperator
 
@@ -36,13 +36,12 @@ def serialize(model: schema.ModelT) -> bytes:
 
 
 def _opcode(model: schema.ModelT, op: schema.OperatorT) -> int:
-    code = model.operatorCodes[op.opcodeIndex]
-    return max(code.builtinCode, code.deprecatedBuiltinCode)
+    return builtin_code(model.operatorCodes[op.opcodeIndex])
 
 
 def _opcode_index(model: schema.ModelT, builtin: int, version: int = 1) -> int:
     for i, code in enumerate(model.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+        if builtin_code(code) == builtin:
             return i
     code = schema.OperatorCodeT()
     code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
@@ -124,9 +123,3 @@ def add_metadata(model: schema.ModelT, name: str, data: bytes) -> None:
     model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name]
     model.metadata.append(entry)
 
-
-def rewrite(src: bytes, dst: Path, edits) -> None:
-    """Applies `edits(model)` to the flatbuffer bytes `src` and writes the result to dst."""
-    model = read_model(src)
-    edits(model)
-    Path(dst).write_bytes(serialize(model))

@@ -15,6 +15,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from edgeseg.errors import EdgesegError
 
+CLASSES_METADATA = "edgeseg_class_names"  # metadata entry where edgeseg exports keep their class names
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _NUMPY_TYPES = {
@@ -33,11 +34,6 @@ class TensorInfo:
     zero_point: np.ndarray | None
     quantized_dim: int
     data: np.ndarray | None  # constant tensors only
-
-    @property
-    def scope(self) -> str:
-        """Returns the first of the ';'-joined fused names, which names the layer that owns it."""
-        return self.name.split(";")[0]
 
     def dequantized(self) -> np.ndarray:
         """Returns the constant data as float32, undoing per-tensor or per-channel quantization."""
@@ -61,6 +57,11 @@ class OpInfo:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options: dict
+
+
+def builtin_code(code) -> int:
+    """Returns an operator code's builtin op (newer files keep it in builtinCode, older in the deprecated field)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
 class TFLiteFile:
@@ -119,7 +120,7 @@ class TFLiteFile:
         ops = []
         for i, op in enumerate(self._graph.operators):
             code = self._model.operatorCodes[op.opcodeIndex]
-            name = _OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            name = _OP_NAMES.get(builtin_code(code), "CUSTOM")
             if name == "CUSTOM" and code.customCode:
                 name = f"CUSTOM:{code.customCode.decode()}"
             options = dict(vars(op.builtinOptions)) if op.builtinOptions is not None else {}

@@ -50,8 +50,8 @@ DEFAULTS: dict[str, object] = {
     "label_map": "auto", "epochs": 10, "batch_size": 8, "crop": 513, "lr": 0.001, "weight_decay": 4e-5,
     "momentum": 0.9, "seed": 0, "max_steps": None, "val_limit": None,
 }
-# Options a resumed run may change.
-RESUME_OVERRIDES = ("epochs", "workers")
+# Options a resumed run may change (--workers is not part of the config at all).
+RESUME_OVERRIDES = ("epochs",)
 
 
 # Classes and label remapping ---------------------------------------------------------------------
@@ -352,8 +352,16 @@ def resolve_config(args: argparse.Namespace) -> tuple[dict, bool]:
         raise EdgesegError("--crop must be at least 33 pixels")
     if config["lr"] <= 0:
         raise EdgesegError("--lr must be positive")
-    if config["max_steps"] is not None and config["max_steps"] < 1:
-        raise EdgesegError("--max-steps must be at least 1")
+    for key in ("max_steps", "val_limit"):
+        if config[key] is not None and config[key] < 1:
+            raise EdgesegError(f"--{key.replace('_', '-')} must be at least 1")
+    for key in ("momentum", "weight_decay", "seed"):
+        if config[key] < 0:
+            raise EdgesegError(f"--{key.replace('_', '-')} must be 0 or more")
+    if not (data / "ImageSets").is_dir() and not (data / config["train_split"] / "images").is_dir():
+        # One images/ + masks/ pair would train and validate on the same images.
+        raise EdgesegError(f"{data}: one images/ + masks/ pair has no separate val split; use "
+                           f"{data}/train/{{images,masks}} and {data}/val/{{images,masks}}")
     if args.out is not None:
         config["out"] = str(Path(args.out).resolve())
     else:

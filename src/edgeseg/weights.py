@@ -7,15 +7,15 @@ into the cache only once the checksum matches, so the cache never holds a partia
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import tempfile
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_path
 from edgeseg.registry import WeightsFile
 
 HOME_ENV = "EDGESEG_HOME"
@@ -72,24 +72,17 @@ def _offline_message(weights: WeightsFile) -> str:
 
 def _download(weights: WeightsFile) -> Path:
     target = cache_dir() / weights.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".download-", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(weights.url, timeout=30)
-            except (urllib.error.URLError, OSError) as exc:
-                raise EdgesegError(f"{_offline_message(weights)} ({exc})") from None
-            with response, tqdm(
+        with atomic_path(target) as tmp, open(tmp, "wb") as out:
+            with urllib.request.urlopen(weights.url, timeout=30) as response, tqdm(
                 total=int(response.headers.get("Content-Length") or weights.num_bytes),
                 unit="B", unit_scale=True, desc=weights.filename,
             ) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        _verified(tmp, weights)
-        os.replace(tmp, target)
-        return target
-    finally:
-        tmp.unlink(missing_ok=True)
+            out.close()
+            _verified(tmp, weights)  # a mismatch raises: the temp file is removed, the cache stays clean
+    except (OSError, http.client.HTTPException) as exc:
+        raise EdgesegError(f"{_offline_message(weights)} ({exc})") from None
+    return target

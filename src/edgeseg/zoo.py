@@ -75,14 +75,20 @@ def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, 
                 for key in fresh:
                     fresh[key][i] = state[key][source]
         state = {**{k: v for k, v in state.items() if not k.startswith("head.classifier.")}, **fresh}
-    _check_and_load(model, state, entry.weights.filename)
+    load_state_checked(model, state, entry.weights.filename)
     return model
 
 
-def _check_and_load(model, state: dict, source: str) -> None:
+def load_state_checked(model, state: dict, source: str) -> None:
+    """Loads `state` into `model`, raising one line on any missing, extra or misshaped tensor."""
     expected = model.state_dict()
-    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-        raise EdgesegError(f"{source}: weights do not match the model architecture")
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise EdgesegError(f"{source}: weights do not match the model: missing {missing[:3]}, extra {extra[:3]}")
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise EdgesegError(f"{source}: {name} has shape {tuple(value.shape)}, "
+                               f"the model expects {tuple(expected[name].shape)}")
     model.load_state_dict(state)
 
 
@@ -119,5 +125,5 @@ def load_checkpoint(path: str | Path):
 
     entry = checkpoint_entry(path)
     model = build_model(entry)
-    _check_and_load(model, load_file(str(path)), str(path))
+    load_state_checked(model, load_file(str(path)), str(path))
     return model, entry

@@ -16,14 +16,16 @@ from edgeseg.pipeline import DEEPLAB, labels_from_logits, normalize_and_pad
 from edgeseg.registry import Preprocess
 
 
-def _quantize(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+def _quantize_values(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
     info = np.iinfo(dtype)
-    return np.clip(np.floor(values / scale + 0.5) + zero_point, info.min, info.max).astype(dtype)
+    scaled = values / scale
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)  # half away from zero, as TFLite rounds
+    return np.clip(rounded + zero_point, info.min, info.max).astype(dtype)
 
 
-def is_pixel_input(scale: float, zero_point: int) -> bool:
-    """True for integer inputs quantized as (q - zero_point) / 128 with zero_point 128 (uint8) or 0 (int8)."""
-    return abs(scale - 1 / 128) < 1e-7 and zero_point in (0, 128)
+def is_pixel_input(scale: float, zero_point: int, dtype: np.dtype) -> bool:
+    """True for inputs quantized as (q - zero_point) / 128: uint8 with zero point 128, int8 with 0."""
+    return abs(scale - 1 / 128) < 1e-7 and zero_point == (128 if dtype == np.uint8 else 0)
 
 
 class LiteRTRuntime:
@@ -35,7 +37,9 @@ class LiteRTRuntime:
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise EdgesegError(f"{self.path}: no such file")
+            raise EdgesegError(f"{self.path}: {'a folder, not a file' if self.path.is_dir() else 'no such file'}")
+        if num_threads is not None and num_threads < 1:
+            raise EdgesegError(f"--threads must be at least 1, got {num_threads}")
         delegates = [self._load_delegate(delegate)] if delegate else None
         try:
             self.interpreter = Interpreter(
@@ -56,14 +60,14 @@ class LiteRTRuntime:
                 raise EdgesegError(f"{self.path}: integer input without quantization parameters")
             # One lookup table maps raw pixels straight to the model's quantized input.
             pixels = np.arange(256, dtype=np.int64)
-            if is_pixel_input(scale, zero_point):
+            if is_pixel_input(scale, zero_point, self._dtype):
                 # The deployed DeepLab convention: the app feeds raw pixels, q = p - 128 + zero_point,
                 # meaning (p - 128) / 128, which approximates p*2/255-1 to within 1/255.
                 self._lut = (pixels - 128 + zero_point).astype(self._dtype)
             else:
                 scaled = pixels * preprocess.scale + preprocess.offset
-                self._lut = _quantize(scaled, scale, zero_point, self._dtype)
-            self._pad = _quantize(np.float64(preprocess.pad_value), scale, zero_point, self._dtype)
+                self._lut = _quantize_values(scaled, scale, zero_point, self._dtype)
+            self._pad = _quantize_values(np.float64(preprocess.pad_value), scale, zero_point, self._dtype)
         elif self._dtype != np.float32:
             raise EdgesegError(f"{self.path}: unsupported input type {self._dtype}")
         self._preprocess = preprocess
