@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from edgeseg.cli import main as cli_main
 from edgeseg.data import RemappedDataset, label_lut, load_mask, open_dataset, resolve_label_map
 from edgeseg.evaluate import evaluate
 from edgeseg.runtimes.torch import TorchRuntime
@@ -201,6 +202,16 @@ def test_finetune_person_vs_rest_lowers_the_loss_and_loads_like_a_zoo_model(tiny
     assert result.num_images == 2 and abs(100 * result.miou - best) < 1e-3
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["epoch"] == 8 and state["step"] == 16 and state["best_miou"] == best
+
+    # ... and exports to INT8 and evaluates through the CLI like any zoo model, class names included.
+    tflite = out / "best_int8.tflite"
+    assert cli_main(["export", "--weights", str(out / "best.safetensors"), "--calib-voc-root", str(tiny_voc),
+                     "--calib-count", "2", "-o", str(tflite)]) == 0
+    assert cli_main(["evaluate", "--voc-root", str(tiny_voc), "--tflite", str(tflite), "--json",
+                     str(out / "int8.json")]) == 0
+    report = json.loads((out / "int8.json").read_text())
+    assert list(report["per_class_iou"]) == list(NAMES) and report["num_images"] == 2
+    assert report["miou"] > 50
 
 
 def test_resume_continues_exactly(tiny_voc, tmp_path, capsys):

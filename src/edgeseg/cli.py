@@ -45,11 +45,18 @@ def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True,
+                    model_help: str = f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)") -> None:
+    """Adds the mutually exclusive model sources: --model NAME, --weights CHECKPOINT (and --tflite FILE)."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)")
-    source.add_argument("--tflite", type=Path, help="any segmentation .tflite file (runs with LiteRT)")
+    source.add_argument("--model", help=model_help)
+    if tflite:
+        source.add_argument("--tflite", type=Path, help="any segmentation .tflite file (runs with LiteRT)")
     source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors from `edgeseg train`)")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    add_source_args(parser)
     parser.add_argument("--backend", choices=["torch", "litert"],
                         help="torch (FP32) or litert; default torch for --model when installed")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -314,9 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export FP32 or INT8 .tflite (litert-torch + ai-edge-quantizer)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL})")
-    source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors)")
+    add_source_args(p, tflite=False)
     p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
     p.add_argument("-o", type=Path, help="output .tflite (default exports/<model>_<precision>.tflite)")
     p.add_argument("--input", choices=["uint8", "int8", "float32"],
@@ -335,9 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("card", help="measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")
     p.add_argument("--voc-root", type=Path, required=True, help="evaluation data (VOC folder)")
     p.add_argument("--split", default="val")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--model", help="one zoo model (default: every zoo entry)")
-    source.add_argument("--weights", type=Path, help="a fine-tuned checkpoint (.safetensors)")
+    add_source_args(p, tflite=False, model_help="one zoo model (default: every zoo entry)")
     p.add_argument("-o", "--output", type=Path, default=Path("card_out"), help="folder for card, exports, charts")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (default: --voc-root, train split)")
     p.add_argument("--calib-count", type=positive_int, default=64)
