@@ -678,20 +678,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edgeseg.train ...` (the same options as `edgeseg train`)."""
-    parser = argparse.ArgumentParser(prog="edgeseg train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        cmd_train(args)
-    except EdgesegError as exc:
-        print(f"edgeseg: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edgeseg: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    """`python -m edgeseg.train ...`: the same as `edgeseg train ...`."""
+    from edgeseg.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
