@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path, ensure_writable_dir
+from edgeseg.files import atomic_path, check_output_file
 from edgeseg.pipeline import DEEPLAB, load_image, normalize_and_pad
 from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
 
@@ -197,7 +198,7 @@ def export_tflite(
 
     options = options.resolved()
     path = Path(path)
-    ensure_writable_dir(path.parent)  # fail before minutes of conversion, not after
+    check_output_file(path)  # fail before minutes of conversion, not after
     images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size)
               if options.precision == "int8" else [])
     start = time.perf_counter()
@@ -227,17 +228,18 @@ def export_tflite(
 def inspect_tflite(path: str | Path) -> dict:
     """Returns op counts, tensor type counts, I/O signature and float compute ops of a .tflite file."""
     tfl = TFLiteFile(path)
-    tensor_types: dict[str, int] = {}
-    for tensor in tfl.tensors:
-        tensor_types[tensor.dtype] = tensor_types.get(tensor.dtype, 0) + 1
-    io = lambda t: {"dtype": t.dtype, "shape": list(t.shape),  # noqa: E731
-                    "scale": None if t.scale is None or t.scale.size == 0 else float(t.scale[0]),
-                    "zero_point": None if t.zero_point is None or t.zero_point.size == 0 else int(t.zero_point[0])}
     return {
         "bytes": Path(path).stat().st_size,
         "ops": dict(sorted(tfl.op_counts().items())),
-        "tensor_types": tensor_types,
-        "input": io(tfl.inputs[0]),
-        "output": io(tfl.outputs[0]),
+        "tensor_types": dict(Counter(tensor.dtype for tensor in tfl.tensors)),
+        "input": _signature(tfl.inputs[0]),
+        "output": _signature(tfl.outputs[0]),
         "float_compute_ops": tfl.float_compute_ops(),
     }
+
+
+def _signature(tensor) -> dict:
+    quantized = tensor.scale is not None and tensor.scale.size > 0
+    return {"dtype": tensor.dtype, "shape": list(tensor.shape),
+            "scale": float(tensor.scale[0]) if quantized else None,
+            "zero_point": int(tensor.zero_point[0]) if quantized else None}
