@@ -160,3 +160,10 @@ def test_numeric_options_are_checked_by_the_parser(args, capsys):
     with pytest.raises(SystemExit) as info:
         main(args)
     assert info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if the `export` extra were not installed
+    assert main(["export", "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "needs litert_torch: pip install 'edgeseg[export]'" in err and "Traceback" not in err

@@ -14,6 +14,9 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
+# Optional packages, and the extra that installs each.
+EXTRAS = {"torch": "torch", "safetensors": "torch", "litert_torch": "export", "ai_edge_quantizer": "export",
+          "matplotlib": "plot"}
 DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 
@@ -372,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except EdgesegError as exc:
         print(f"edgeseg: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        if args.command in ("export", "card"):
+            extra = "export,plot" if args.command == "card" else "export"
+        print(f"edgeseg: error: `edgeseg {args.command}` needs {exc.name}: pip install 'edgeseg[{extra}]'",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeseg: interrupted", file=sys.stderr)
