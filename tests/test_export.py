@@ -103,6 +103,8 @@ def test_conflicting_options_fail_before_any_work():
         ExportOptions(precision="fp32", input="uint8").resolved()
     with pytest.raises(EdgesegError, match="calibration images"):
         ExportOptions(precision="int8").resolved()
+    with pytest.raises(EdgesegError, match="--output must be one of argmax, logits"):
+        ExportOptions(precision="fp32", output="probabilities").resolved()
     with pytest.raises(EdgesegError, match="calib-count"):
         ExportOptions(precision="int8", calib_root="x", calib_count=0).resolved()
 

@@ -49,8 +49,11 @@ class ExportOptions:
 
     def resolved(self) -> ExportOptions:
         """Returns the options with defaults filled in, or raises on a conflicting combination."""
-        if self.precision not in PRECISIONS:
-            raise EdgesegError(f"--precision must be one of {PRECISIONS}")
+        for option, value, allowed in (("precision", self.precision, PRECISIONS), ("input", self.input, INPUTS),
+                                       ("output", self.output, OUTPUTS),
+                                       ("granularity", self.granularity, GRANULARITIES)):
+            if value is not None and value not in allowed:
+                raise EdgesegError(f"--{option} must be one of {', '.join(allowed)}, got {value!r}")
         if self.precision == "fp32":
             if self.input not in (None, "float32"):
                 raise EdgesegError(f"--input {self.input} needs --precision int8 (an FP32 model takes float32)")
