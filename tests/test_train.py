@@ -203,15 +203,18 @@ def test_finetune_person_vs_rest_lowers_the_loss_and_loads_like_a_zoo_model(tiny
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["epoch"] == 8 and state["step"] == 16 and state["best_miou"] == best
 
-    # ... and exports to INT8 and evaluates through the CLI like any zoo model, class names included.
-    tflite = out / "best_int8.tflite"
-    assert cli_main(["export", "--weights", str(out / "best.safetensors"), "--calib-voc-root", str(tiny_voc),
-                     "--calib-count", "2", "-o", str(tflite)]) == 0
-    assert cli_main(["evaluate", "--voc-root", str(tiny_voc), "--tflite", str(tflite), "--json",
-                     str(out / "int8.json")]) == 0
+    # ... and exports to FP32 and INT8 and evaluates through the CLI like any zoo model (`card`), and the
+    # INT8 file carries its class names to `evaluate --tflite`.
+    card = tmp_path / "card"
+    assert cli_main(["card", "--weights", str(out / "best.safetensors"), "--voc-root", str(tiny_voc),
+                     "--calib-count", "2", "-o", str(card)]) == 0
+    facts = json.loads((card / "card.json").read_text())["models"][0]
+    assert facts["name"] == "best" and facts["int8_float_compute_ops"] == []
+    assert facts["miou"]["int8"] > 50 and "official_int8" not in facts["miou"]
+    assert cli_main(["evaluate", "--voc-root", str(tiny_voc), "--tflite", str(card / "best_int8.tflite"),
+                     "--json", str(out / "int8.json")]) == 0
     report = json.loads((out / "int8.json").read_text())
-    assert list(report["per_class_iou"]) == list(NAMES) and report["num_images"] == 2
-    assert report["miou"] > 50
+    assert list(report["per_class_iou"]) == list(NAMES) and report["miou"] == facts["miou"]["int8"]
 
 
 def test_resume_continues_exactly(tiny_voc, tmp_path, capsys):

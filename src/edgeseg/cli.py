@@ -241,6 +241,7 @@ def cmd_card(args: argparse.Namespace) -> None:
     if args.weights is not None:
         model, entry = load_torch_model(args)
         items = [CardModel(entry, model)]
+        dataset = remap_for(dataset, entry.class_names, args.voc_root)
     else:
         names = [args.model] if args.model else list_models()
         items = []

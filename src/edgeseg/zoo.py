@@ -116,7 +116,8 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
     base = get_entry(metadata["edgeseg_base"])
     classes = tuple(json.loads(metadata["class_names"]))
-    return replace(base, name=path.stem, class_names=classes, published={}, measured={})
+    return replace(base, name=path.stem, class_names=classes, published={}, measured={},
+                   dataset=f"fine-tuned from {base.name} to {', '.join(classes)}")
 
 
 def load_checkpoint(path: str | Path):
