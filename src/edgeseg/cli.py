@@ -157,16 +157,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise EdgesegError(f"{failures} of {len(args.images)} images could not be read")
 
 
-def remap_for(dataset, class_names: tuple[str, ...], root: Path):
-    """Returns the dataset, with VOC masks remapped when a fine-tuned model predicts a subset of VOC classes."""
-    from edgeseg.data import RemappedDataset, label_lut, resolve_label_map
-
-    lut = label_lut(resolve_label_map("auto", class_names, root), class_names)
-    return dataset if lut is None else RemappedDataset(dataset, lut, class_names)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from edgeseg.data import open_dataset
+    from edgeseg.data import open_dataset, remap_for
     from edgeseg.evaluate import evaluate, format_table
     from edgeseg.files import check_output_file, write_json
 
@@ -230,7 +222,7 @@ def export_suffixes(options) -> list[str]:
 
 def cmd_card(args: argparse.Namespace) -> None:
     from edgeseg.card import CardModel, measure, plot_charts, write_card
-    from edgeseg.data import open_dataset
+    from edgeseg.data import open_dataset, remap_for
     from edgeseg.files import ensure_writable_dir
     from edgeseg.registry import get_entry, list_models
     from edgeseg.zoo import official_tflite

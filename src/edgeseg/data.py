@@ -176,6 +176,8 @@ class RemappedDataset:
         image, mask = self.base.load(sample)
         return image, (mask if self.lut is None else self.lut[mask])
 
-    def __iter__(self):
-        for sample in self.samples:
-            yield (sample, *self.load(sample))
+
+def remap_for(dataset: SegmentationFolder, class_names: tuple[str, ...], root: str | Path):
+    """Returns the dataset, with VOC masks remapped when a fine-tuned model predicts a subset of VOC classes."""
+    lut = label_lut(resolve_label_map("auto", class_names, root), class_names)
+    return dataset if lut is None else RemappedDataset(dataset, lut, class_names)

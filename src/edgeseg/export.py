@@ -66,9 +66,6 @@ class ExportOptions:
             raise EdgesegError("--weight-ranges must be mse or minmax")
         if self.calib_count < 1:
             raise EdgesegError("--calib-count must be at least 1")
-        if self.calib_split == "val":
-            print("warning: calibrating on the val split: its mIoU is then no longer an independent measure",
-                  file=sys.stderr)
         return replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
 
 
@@ -96,6 +93,9 @@ def calibration_images(root: Path, split: str, count: int, input_size: int) -> l
     from edgeseg.data import open_dataset
     from edgeseg.pipeline import fit_to_input
 
+    if split == "val":
+        print("warning: calibrating on the val split: its mIoU is then no longer an independent measure",
+              file=sys.stderr)
     dataset = open_dataset(root, split, limit=count)  # the masks are not needed, but must be listed
     if len(dataset) == 0:
         raise EdgesegError(f"{dataset.description}: no calibration images")

@@ -73,15 +73,14 @@ def _offline_message(weights: WeightsFile) -> str:
 def _download(weights: WeightsFile) -> Path:
     target = cache_dir() / weights.filename
     try:
-        with atomic_path(target) as tmp, open(tmp, "wb") as out:
-            with urllib.request.urlopen(weights.url, timeout=30) as response, tqdm(
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(weights.url, timeout=30) as response, tqdm(
                 total=int(response.headers.get("Content-Length") or weights.num_bytes),
                 unit="B", unit_scale=True, desc=weights.filename,
             ) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-            out.close()
             _verified(tmp, weights)  # a mismatch raises: the temp file is removed, the cache stays clean
     except (OSError, http.client.HTTPException) as exc:
         raise EdgesegError(f"{_offline_message(weights)} ({exc})") from None
