@@ -4,48 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from edgeseg import __version__
+from edgeseg.backends import DEFAULT_MODEL, OpenedModel, torch_available
+from edgeseg.backends import tflite_class_names as tflite_class_names  # re-exported: old import path
 from edgeseg.errors import EdgesegError
 
-DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 # Optional packages, and the extra that installs each.
 EXTRAS = {"torch": "torch", "safetensors": "torch", "litert_torch": "export", "ai_edge_quantizer": "export",
-          "matplotlib": "plot"}
+          "matplotlib": "plot", "av": "video"}
 DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
-
-
-@dataclass
-class OpenedModel:
-    runtime: object
-    class_names: tuple[str, ...]
-    description: str
-
-
-def _torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
-    """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
-    from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
-    from edgeseg.voc import VOC_CLASSES
-
-    stored = TFLiteFile(path).metadata(CLASSES_METADATA)
-    if stored:
-        return tuple(json.loads(stored.decode()))
-    if num_classes in (0, len(VOC_CLASSES)):
-        return VOC_CLASSES
-    return tuple(f"class_{i}" for i in range(num_classes))
 
 
 def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True,
@@ -60,45 +30,18 @@ def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True,
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser)
-    parser.add_argument("--backend", choices=["torch", "litert"],
-                        help="torch (FP32) or litert; default torch for --model when installed")
+    parser.add_argument("--backend", choices=["litert", "torch"],
+                        help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
 
 
 def open_model(args: argparse.Namespace) -> OpenedModel:
-    """Returns the runtime and class names that --model / --tflite / --weights and --backend ask for."""
-    from edgeseg.registry import get_entry
-    from edgeseg.runtimes.litert import LiteRTRuntime
+    """Opens what --model / --tflite / --weights, --backend and --threads name (see edgeseg.backends)."""
+    from edgeseg.backends import open_model as open_source
 
-    if args.tflite is not None:
-        if args.backend == "torch":
-            raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
-        runtime = LiteRTRuntime(args.tflite, num_threads=args.threads)
-        return OpenedModel(runtime, tflite_class_names(args.tflite, runtime.num_classes), str(args.tflite))
-    if args.weights is not None:
-        if args.backend == "litert":
-            raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
-        from edgeseg.runtimes.torch import TorchRuntime
-        from edgeseg.zoo import load_checkpoint
-
-        model, entry = load_checkpoint(args.weights)
-        runtime = TorchRuntime(model, num_classes=entry.num_classes, name=f"torch:{args.weights.name}")
-        return OpenedModel(runtime, entry.class_names, str(args.weights))
-    entry = get_entry(args.model or DEFAULT_MODEL)
-    backend = args.backend or ("torch" if _torch_available() else "litert")
-    if backend == "litert":
-        from edgeseg.zoo import official_tflite
-
-        runtime = LiteRTRuntime(official_tflite(entry.name), num_threads=args.threads)
-        return OpenedModel(runtime, entry.class_names, f"{entry.name} (official INT8 TFLite)")
-    if not _torch_available():
-        raise EdgesegError("the torch backend needs PyTorch: pip install 'edgeseg[torch]'")
-    from edgeseg.runtimes.torch import TorchRuntime
-    from edgeseg.zoo import create_model
-
-    runtime = TorchRuntime(create_model(entry.name), num_classes=entry.num_classes, name=f"torch:{entry.name}")
-    return OpenedModel(runtime, entry.class_names, f"{entry.name} (PyTorch FP32)")
+    return open_source(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
+                       threads=args.threads)
 
 
 # Commands --------------------------------------------------------------------------------------------
@@ -116,45 +59,25 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name:<26} {entry.num_classes:>7} {published:>25}  {where}")
 
 
-def with_names_for(labels: np.ndarray, class_names: tuple[str, ...]) -> tuple[str, ...]:
-    """Returns the class names, extended with class_<i> if the model predicts indices beyond them."""
-    top = int(labels.max(initial=0))
-    return class_names + tuple(f"class_{i}" for i in range(len(class_names), top + 1))
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
-    from edgeseg.files import atomic_path, ensure_writable_dir
-    from edgeseg.pipeline import load_image, segment
-    from edgeseg.visualize import class_shares, label_image, overlay
+    from edgeseg.api import Segmenter
+    from edgeseg.files import check_output_file, ensure_writable_dir
+    from edgeseg.predict import Job, plan_jobs, run_predict
 
+    if not args.inputs and args.camera is None:
+        raise EdgesegError("nothing to segment: name images, folders or videos, or --camera N")
+    if args.json:
+        check_output_file(args.json)  # before the work, not after
     out_dir = ensure_writable_dir(args.output)
-    stems = [Path(p).stem for p in args.images]
-    repeated = sorted({s for s in stems if stems.count(s) > 1})
-    if repeated:
-        raise EdgesegError(f"several images are named {repeated[0]!r}: their outputs would overwrite each other")
-    opened = open_model(args)
-    failures = 0
-    for path in args.images:
-        try:
-            pixels = load_image(path)
-        except EdgesegError as exc:
-            if len(args.images) == 1:
-                raise
-            # Keep going: one bad file should not cost the others their results.
-            print(f"edgeseg: error: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        labels = segment(pixels, opened.runtime)
-        names = with_names_for(labels, opened.class_names)
-        stem = Path(path).stem
-        with atomic_path(out_dir / f"{stem}_labels.png") as tmp:
-            label_image(labels).save(tmp, format="PNG")
-        with atomic_path(out_dir / f"{stem}_overlay.png") as tmp:
-            overlay(pixels, labels, names).save(tmp, format="PNG")
-        shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in class_shares(labels, names))
-        print(f"{path}: {shares}")
-    if failures:
-        raise EdgesegError(f"{failures} of {len(args.images)} images could not be read")
+    jobs = plan_jobs(args.inputs, out_dir, recursive=args.recursive)
+    if args.camera is not None:
+        from edgeseg.video import camera_device
+
+        jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
+    seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
+                    threads=args.threads)
+    run_predict(seg, jobs, json_path=args.json, every=args.every, max_frames=args.max_frames,
+                frame_labels=args.frame_labels, progress=not args.no_progress)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -175,16 +98,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def load_torch_model(args: argparse.Namespace):
-    """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT."""
-    if not _torch_available():
+    """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT (see edgeseg.backends)."""
+    if not torch_available():
         raise EdgesegError("this command needs PyTorch: pip install 'edgeseg[export]'")
-    from edgeseg.registry import get_entry
-    from edgeseg.zoo import create_model, load_checkpoint
+    from edgeseg.backends import load_torch_model as load
 
-    if getattr(args, "weights", None) is not None:
-        return load_checkpoint(args.weights)
-    entry = get_entry(args.model or DEFAULT_MODEL)
-    return create_model(entry.name), entry
+    return load(args.model, getattr(args, "weights", None))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -294,16 +213,31 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list zoo models and whether their weights are present")
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*dm05*'")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("predict", help="segment images: palette label map + overlay PNG per image")
-    p.add_argument("images", nargs="+", type=Path)
+    p = sub.add_parser("predict", help="segment images, folders, videos or a camera: label maps and overlays",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Images give <name>_labels.png (class indices) and <name>_overlay.png; "
+                                   "videos give <name>_overlay.mp4 (needs pip install 'edgeseg[video]'); "
+                                   "a folder keeps its layout under the output folder.")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image or video files, or folders")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("--recursive", action="store_true", help="folders: include their subfolders")
+    p.add_argument("--json", type=Path, help="also write per-file class shares, model and backend as JSON")
+    p.add_argument("--camera", metavar="N|DEVICE|URL",
+                   help="segment a camera (0 = /dev/video0, a device path or a stream URL) until Ctrl-C "
+                        "or --max-frames; writes camera<N>_overlay.mp4")
+    p.add_argument("--every", type=positive_int, default=1, help="videos: segment every N-th frame")
+    p.add_argument("--max-frames", type=positive_int, help="videos: stop after this many segmented frames")
+    p.add_argument("--frame-labels", action="store_true",
+                   help="videos: also write each frame's label map as <name>_labels/<frame>.png")
+    p.add_argument("--no-progress", action="store_true", help="videos: no progress bar on stderr")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="VOC mIoU over a split (one confusion matrix, 255 ignored)")

@@ -1,0 +1,169 @@
+"""The Python API: `Segmenter` opens a model once, then segments images, arrays, videos and cameras.
+
+    import edgeseg
+    seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc")
+    result = seg("photo.jpg")
+    print(result.shares())          # {'person': 0.31, 'background': 0.62, ...}
+    result.overlay().save("overlay.png")
+
+Images are RGB. A numpy array must be uint8 (H, W, 3) RGB, or (H, W) / (H, W, 1) greyscale, or
+(H, W, 4) RGBA; pass `bgr=True` for OpenCV's BGR (or BGRA) order. Float and other integer arrays are
+refused with a message saying how to convert them, since their value range cannot be guessed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edgeseg.backends import OpenedModel, open_model
+from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import load_image, segment, to_rgb
+
+ImageLike = Any  # a PIL image, a path, or a numpy array (see as_rgb)
+
+
+def as_rgb(image: ImageLike, *, bgr: bool = False) -> np.ndarray:
+    """Returns uint8 RGB pixels (H, W, 3) for a PIL image, an image path, or a numpy array.
+
+    Arrays: uint8 (H, W, 3) RGB, (H, W) or (H, W, 1) greyscale, (H, W, 4) RGBA (alpha dropped).
+    With bgr=True a 3- or 4-channel array is read as BGR / BGRA. Anything else raises EdgesegError.
+    """
+    if isinstance(image, str | os.PathLike):
+        if bgr:
+            raise EdgesegError("bgr=True applies to numpy arrays; image files are decoded as RGB")
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        if bgr:
+            raise EdgesegError("bgr=True applies to numpy arrays; PIL images are RGB")
+        return to_rgb(image)
+    if not isinstance(image, np.ndarray):
+        raise EdgesegError(f"expected a PIL image, a path or a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating):
+            raise EdgesegError(f"got a {image.dtype} array; pass uint8 pixels 0..255, e.g. "
+                               "(np.clip(x, 0, 1) * 255).round().astype(np.uint8) for values in 0..1")
+        raise EdgesegError(f"got a {image.dtype} array; pass uint8 pixels 0..255 (e.g. x >> 8 for 16-bit)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise EdgesegError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
+    pixels = image[..., :3]
+    if bgr:
+        pixels = pixels[..., ::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def names_for(labels: np.ndarray, class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Returns the class names, extended with class_<i> if the model predicts indices beyond them."""
+    top = int(labels.max(initial=0))
+    return tuple(class_names) + tuple(f"class_{i}" for i in range(len(class_names), top + 1))
+
+
+@dataclass
+class Result:
+    """One segmented image: `labels[y, x]` is an index into `class_names`, at the image's own size."""
+
+    labels: np.ndarray  # uint8 (H, W)
+    class_names: tuple[str, ...]
+    model: str  # zoo name or file name
+    backend: str  # "litert" or "torch"
+    image: np.ndarray = field(repr=False)  # the uint8 RGB pixels that were segmented
+
+    def shares(self) -> dict[str, float]:
+        """Returns {class name: share of pixels} for the classes present, largest first."""
+        from edgeseg.visualize import class_shares
+
+        return dict(class_shares(self.labels, names_for(self.labels, self.class_names)))
+
+    def overlay(self, *, legend: bool = True, alpha: float = 0.55) -> Image.Image:
+        """Returns the image blended with the class colours (background left as is), with a legend panel."""
+        from edgeseg.visualize import overlay
+
+        if legend:
+            return overlay(self.image, self.labels, names_for(self.labels, self.class_names), alpha=alpha)
+        return blend_image(self.image, self.labels, alpha)
+
+    def label_image(self) -> Image.Image:
+        """Returns the labels as a palette PNG-ready image (pixel values are class indices, VOC colours)."""
+        from edgeseg.visualize import label_image
+
+        return label_image(self.labels)
+
+    def to_dict(self) -> dict:
+        """Returns model, backend, size and class shares, ready for JSON."""
+        height, width = self.labels.shape
+        return {"model": self.model, "backend": self.backend, "width": width, "height": height,
+                "shares": {name: round(share, 6) for name, share in self.shares().items()}}
+
+
+_PALETTE: list[int] = []
+_FOREGROUND = [0] + [255] * 255  # point() table: background -> 0, any class -> 255
+
+
+def blend_image(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> Image.Image:
+    """Returns the pixels blended with the VOC colour of each label (background, 0, left as is), as a
+    PIL image of the same size. Done in Pillow's C code: cheap enough for every video frame."""
+    if not _PALETTE:
+        from edgeseg.voc import voc_palette
+
+        _PALETTE.extend(voc_palette()[:256].reshape(-1).tolist())
+    image = Image.fromarray(pixels)
+    label_map = Image.fromarray(labels.astype(np.uint8, copy=False))
+    foreground = label_map.point(_FOREGROUND)
+    label_map.putpalette(_PALETTE)
+    image.paste(Image.blend(image, label_map.convert("RGB"), alpha), (0, 0), foreground)
+    return image
+
+
+def blend(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Returns `blend_image` as a uint8 RGB array (H, W, 3)."""
+    return np.asarray(blend_image(pixels, labels, alpha))
+
+
+class Segmenter:
+    """A segmentation model opened once: call it on images, or `stream` a video file or a camera.
+
+    `model` is a zoo name (see `edgeseg.list_models()`), a `.tflite` file, or a `.safetensors` checkpoint
+    (also accepted as `tflite=` / `weights=`, whatever their suffix). Default backend: a zoo model runs its
+    official INT8 `.tflite` with LiteRT (fast, and torch is not imported); `backend="torch"` runs the
+    PyTorch FP32 model. `threads` sets LiteRT's CPU threads.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, weights: str | os.PathLike | None = None,
+                 tflite: str | os.PathLike | None = None, backend: str | None = None,
+                 threads: int | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise EdgesegError(f"threads must be at least 1, got {threads}")
+        self.opened: OpenedModel = open_model(model, tflite=tflite, weights=weights, backend=backend,
+                                              threads=threads)
+        self.runtime = self.opened.runtime
+        self.class_names = self.opened.class_names
+        self.model = self.opened.model
+        self.backend = self.opened.backend
+        self.description = self.opened.description
+
+    def __repr__(self) -> str:
+        return f"Segmenter({self.model!r}, backend={self.backend!r})"
+
+    def __call__(self, image: ImageLike, *, bgr: bool = False) -> Result:
+        """Segments one image (PIL image, path, or uint8 array; see `as_rgb`) and returns a Result."""
+        pixels = as_rgb(image, bgr=bgr)
+        return Result(segment(pixels, self.runtime), self.class_names, self.model, self.backend, pixels)
+
+    def stream(self, source: str | os.PathLike | int, *, every: int = 1, max_frames: int | None = None,
+               ) -> Iterator[tuple[np.ndarray, Result]]:
+        """Yields (RGB frame, Result) for a video file, a camera index (0 -> /dev/video0), a device path or
+        a stream URL, in order. Decoding runs in a background thread. Needs the `video` extra (PyAV)."""
+        from edgeseg.video import open_video
+
+        with open_video(source) as video:
+            for _, frame in video.frames(every=every, max_frames=max_frames):
+                yield frame, self(frame)

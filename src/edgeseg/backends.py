@@ -1,0 +1,151 @@
+"""Open a model as a runtime: one factory for every backend, and the zoo / .tflite / checkpoint sources.
+
+`open_runtime` is the one way to construct a runtime (`benchmark`, `card` and the API all go through it),
+so another backend (ONNX Runtime, say) is one new module in `edgeseg.runtimes` plus one line in `OPENERS`.
+`open_model` resolves what a user names (a zoo model, a .tflite file, a fine-tuned checkpoint) to a
+runtime and its class names. Nothing here imports torch unless the torch backend is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import Runtime
+
+DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
+BACKENDS = ("litert", "torch")
+
+
+def _open_litert(source: object, *, threads: int | None = None, delegate: str | Path | None = None,
+                 **_: object) -> Runtime:
+    if not isinstance(source, str | Path):
+        raise EdgesegError("the litert backend runs a .tflite file; got a model object")
+    from edgeseg.runtimes.litert import LiteRTRuntime
+
+    return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
+
+
+def _open_torch(source: object, *, num_classes: int | None = None, name: str = "torch", **_: object) -> Runtime:
+    if isinstance(source, str | Path):
+        raise EdgesegError(f"{source}: the torch backend runs a torch model, not a file; use litert for .tflite")
+    if not torch_available():
+        raise EdgesegError("the torch backend needs PyTorch: pip install 'edgeseg[torch]'")
+    from edgeseg.runtimes.torch import TorchRuntime
+
+    if num_classes is None:
+        raise EdgesegError("the torch backend needs num_classes")
+    return TorchRuntime(source, num_classes=num_classes, name=name)
+
+
+# backend name -> function(source, **options) returning a Runtime
+OPENERS: dict[str, Callable[..., Runtime]] = {"litert": _open_litert, "torch": _open_torch}
+
+
+def open_runtime(source: str | Path | object, backend: str = "litert", *, threads: int | None = None,
+                 delegate: str | Path | None = None, num_classes: int | None = None,
+                 name: str | None = None) -> Runtime:
+    """Returns a runtime for `source`: a .tflite path (backend "litert") or a torch module ("torch").
+
+    threads and delegate apply to LiteRT; num_classes and name to torch.
+    """
+    opener = OPENERS.get(backend)
+    if opener is None:
+        raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(OPENERS)}")
+    options: dict[str, object] = {"threads": threads, "delegate": delegate, "num_classes": num_classes}
+    if name is not None:
+        options["name"] = name
+    return opener(source, **options)
+
+
+def torch_available() -> bool:
+    """True if PyTorch can be imported (the `torch` extra)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
+    """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
+    from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
+    from edgeseg.voc import VOC_CLASSES
+
+    stored = TFLiteFile(path).metadata(CLASSES_METADATA)
+    if stored:
+        return tuple(json.loads(stored.decode()))
+    if num_classes in (0, len(VOC_CLASSES)):
+        return VOC_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+@dataclass
+class OpenedModel:
+    """A runtime with what it predicts and where it came from."""
+
+    runtime: Runtime
+    class_names: tuple[str, ...]
+    description: str  # e.g. "deeplabv3_mnv2_dm05_voc (official INT8 TFLite)"
+    model: str  # zoo name, or the file name of a .tflite / checkpoint
+    backend: str  # "litert" or "torch"
+
+
+def open_model(model: str | Path | None = None, *, tflite: str | Path | None = None,
+               weights: str | Path | None = None, backend: str | None = None,
+               threads: int | None = None) -> OpenedModel:
+    """Opens a zoo model by name, a .tflite file, or a fine-tuned checkpoint (.safetensors).
+
+    `model` may itself be a path ending in .tflite or .safetensors. Defaults: a zoo model runs its
+    official INT8 .tflite with LiteRT (the fastest accurate runtime, and no torch import); pass
+    backend="torch" for the PyTorch FP32 model. A .tflite runs with LiteRT, a checkpoint with torch.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if model is not None and tflite is None and weights is None:
+        suffix = Path(str(model)).suffix.lower()
+        if suffix == ".tflite":
+            model, tflite = None, model
+        elif suffix == ".safetensors":
+            model, weights = None, model
+    if sum(x is not None for x in (model, tflite, weights)) > 1:
+        raise EdgesegError("name one model: a zoo name, a .tflite file or a checkpoint")
+    if tflite is not None:
+        if backend == "torch":
+            raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
+        runtime = open_runtime(tflite, "litert", threads=threads)
+        names = tflite_class_names(tflite, runtime.num_classes)
+        return OpenedModel(runtime, names, str(tflite), Path(tflite).name, "litert")
+    if weights is not None:
+        if backend == "litert":
+            raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
+        net, entry = load_torch_model(weights=weights)
+        runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{Path(weights).name}")
+        return OpenedModel(runtime, entry.class_names, str(weights), Path(weights).name, "torch")
+    from edgeseg.registry import get_entry
+
+    entry = get_entry(str(model or DEFAULT_MODEL))
+    if (backend or "litert") == "litert":
+        from edgeseg.zoo import official_tflite
+
+        runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads)
+        return OpenedModel(runtime, entry.class_names, f"{entry.name} (official INT8 TFLite)", entry.name, "litert")
+    net, entry = load_torch_model(entry.name)
+    runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{entry.name}")
+    return OpenedModel(runtime, entry.class_names, f"{entry.name} (PyTorch FP32)", entry.name, "torch")
+
+
+def load_torch_model(model: str | None = None, weights: str | Path | None = None):
+    """Returns (torch model, registry entry) for a zoo name or a fine-tuned checkpoint (needs torch)."""
+    if not torch_available():
+        raise EdgesegError("the PyTorch model needs PyTorch: pip install 'edgeseg[torch]'")
+    from edgeseg.registry import get_entry
+    from edgeseg.zoo import create_model, load_checkpoint
+
+    if weights is not None:
+        return load_checkpoint(Path(weights))
+    entry = get_entry(model or DEFAULT_MODEL)
+    return create_model(entry.name), entry

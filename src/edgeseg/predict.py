@@ -1,0 +1,148 @@
+"""`edgeseg predict`: images, folders, video files and cameras, through one `Segmenter`.
+
+Outputs, under the output folder (a folder input keeps its relative layout there):
+- an image gives `<stem>_labels.png` (palette PNG, values are class indices) and `<stem>_overlay.png`;
+- a video or camera gives `<stem>_overlay.mp4` (same size; the frame rate divided by `every`) and, with
+  `frame_labels`, `<stem>_labels/<frame>.png` for each segmented frame.
+Every file is written under a temp name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.api import Segmenter
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_path, check_output_file, ensure_writable_dir, write_json
+from edgeseg.video import VIDEO_SUFFIXES, is_video
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and where its outputs go: out_dir / f"{stem}_..."."""
+
+    source: str  # a file path, or a camera device / index
+    out_dir: Path
+    stem: str
+    camera: bool = False
+
+
+def plan_jobs(inputs: list[Path], out_dir: Path, *, recursive: bool = False) -> list[Job]:
+    """Returns one job per image or video. A folder contributes its images and videos (its subfolders
+    too with `recursive`), each written at its path relative to that folder under `out_dir`."""
+    jobs = []
+    for path in inputs:
+        if not path.is_dir():
+            jobs.append(Job(str(path), out_dir, path.stem))
+            continue
+        pattern = "**/*" if recursive else "*"
+        found = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        if not found:
+            where = "in it or its subfolders" if recursive else "in it (add --recursive for subfolders)"
+            raise EdgesegError(f"{path}: no images or videos {where}")
+        jobs += [Job(str(p), out_dir / p.parent.relative_to(path), p.stem) for p in found]
+    seen: dict[tuple[Path, str], str] = {}
+    for job in jobs:
+        key = (job.out_dir, job.stem)
+        if key in seen:
+            raise EdgesegError(f"several images are named {job.stem!r}: their outputs would overwrite each other "
+                               f"({seen[key]} and {job.source})")
+        seen[key] = job.source
+    return jobs
+
+
+def _shares_text(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items())
+
+
+def predict_image(seg: Segmenter, job: Job) -> dict:
+    """Segments one image file and writes its label map and overlay; returns its JSON record."""
+    result = seg(job.source)
+    ensure_writable_dir(job.out_dir)
+    outputs = [job.out_dir / f"{job.stem}_labels.png", job.out_dir / f"{job.stem}_overlay.png"]
+    with atomic_path(outputs[0]) as tmp:
+        result.label_image().save(tmp, format="PNG")
+    with atomic_path(outputs[1]) as tmp:
+        result.overlay().save(tmp, format="PNG")
+    shares = result.shares()
+    print(f"{job.source}: {_shares_text(shares)} [{seg.model}, {seg.backend}]", flush=True)
+    return {"input": job.source, "outputs": [str(p) for p in outputs], "width": result.labels.shape[1],
+            "height": result.labels.shape[0], "shares": {k: round(v, 6) for k, v in shares.items()}}
+
+
+def predict_video(seg: Segmenter, job: Job, *, every: int = 1, max_frames: int | None = None,
+                  frame_labels: bool = False, progress: bool = True) -> dict:
+    """Segments a video file or camera into `<stem>_overlay.mp4`; prints fps and stage medians.
+
+    On Ctrl-C the frames done so far are kept in a playable file, then KeyboardInterrupt is re-raised.
+    """
+    from edgeseg.video import open_video, output_name, segment_video
+    from edgeseg.visualize import label_image
+
+    with open_video(job.source, camera=job.camera) as video:
+        stem = output_name(video.source, True) if job.camera else job.stem
+        target = check_output_file(job.out_dir / f"{stem}_overlay.mp4")
+        on_frame = None
+        if frame_labels:
+            labels_dir = ensure_writable_dir(job.out_dir / f"{stem}_labels")
+
+            def on_frame(index, labels):
+                with atomic_path(labels_dir / f"{index:06d}.png") as tmp:
+                    label_image(labels).save(tmp, format="PNG")
+
+        stats = segment_video(video, seg.runtime, target, seg.class_names, every=every, max_frames=max_frames,
+                              progress=progress, on_frame=on_frame)
+    shares = dict(list(stats.shares.items()))
+    status = "interrupted: " if stats.interrupted else ""
+    print(f"{job.source}: {status}{stats.summary()} [{seg.model}, {seg.backend}] -> {stats.output}", flush=True)
+    print(f"{job.source}: {_shares_text(shares)} (all frames)", flush=True)
+    record = {"input": job.source, "outputs": [str(stats.output)], "frames": stats.frames,
+              "fps": round(stats.fps, 3), "seconds": round(stats.seconds, 3),
+              "median_ms": {k: round(v, 3) for k, v in stats.medians().items()}, "shares": shares,
+              "interrupted": stats.interrupted}
+    if stats.interrupted:
+        raise _Interrupted(record)
+    return record
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C after a video was saved: carries its record so the JSON report can still be written."""
+
+    def __init__(self, record: dict) -> None:
+        super().__init__()
+        self.record = record
+
+
+def run_predict(seg: Segmenter, jobs: list[Job], *, json_path: Path | None = None, every: int = 1,
+                max_frames: int | None = None, frame_labels: bool = False, progress: bool = True) -> None:
+    """Runs every job; one bad input does not stop the others (it is reported and counted at the end)."""
+    records, failures = [], []
+    try:
+        for job in jobs:
+            try:
+                if job.camera or is_video(job.source):
+                    records.append(predict_video(seg, job, every=every, max_frames=max_frames,
+                                                 frame_labels=frame_labels, progress=progress))
+                else:
+                    records.append(predict_image(seg, job))
+            except EdgesegError as exc:
+                if len(jobs) == 1:
+                    raise
+                print(f"edgeseg: error: {exc}", file=sys.stderr, flush=True)
+                failures.append({"input": job.source, "error": str(exc)})
+    except _Interrupted as exc:
+        records.append(exc.record)
+        raise
+    finally:
+        if json_path is not None and (records or failures):
+            write_json(json_path, {"model": seg.model, "backend": seg.backend, "description": seg.description,
+                                   "class_names": list(seg.class_names), "files": records,
+                                   "failures": failures})
+    if failures:
+        noun = "images" if not any(job.camera or is_video(job.source) for job in jobs) else "inputs"
+        raise EdgesegError(f"{len(failures)} of {len(jobs)} {noun} could not be read")
