@@ -1,0 +1,116 @@
+"""The public Python API: edgeseg.Segmenter, Result, open_model / open_runtime, and the README example."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edgeseg
+from edgeseg.api import as_rgb
+from edgeseg.backends import open_model, open_runtime, tflite_class_names
+from edgeseg.errors import EdgesegError
+from edgeseg.voc import VOC_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PHOTO = SHARED / "voc" / "VOC2012" / "JPEGImages" / "2007_000733.jpg"  # a motorbike and its rider
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", threads=2)
+
+
+def test_readme_api_example_runs_as_written(tmp_path, monkeypatch):
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## API", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(PHOTO, tmp_path / "photo.jpg")
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    assert (tmp_path / "photo_overlay.png").is_file()
+
+
+def test_result_names_model_backend_and_classes(seg):
+    result = seg(PHOTO)
+    assert (result.model, result.backend) == ("deeplabv3_mnv2_dm05_voc", "litert")
+    assert result.class_names == VOC_CLASSES
+    with Image.open(PHOTO) as img:
+        assert result.labels.shape == (img.height, img.width) and result.labels.dtype == np.uint8
+    shares = result.shares()
+    assert abs(sum(shares.values()) - 1) < 1e-9 and list(shares.values()) == sorted(shares.values(), reverse=True)
+    assert "person" in shares
+    overlay = result.overlay()
+    assert overlay.mode == "RGB" and overlay.width > result.labels.shape[1]  # legend panel
+    assert result.overlay(legend=False).size == (result.labels.shape[1], result.labels.shape[0])
+    assert result.to_dict()["backend"] == "litert" and result.label_image().mode == "P"
+
+
+def test_path_pil_array_and_bgr_inputs_agree(seg):
+    with Image.open(PHOTO) as img:
+        rgb = np.asarray(img.convert("RGB"))
+        from_pil = seg(img).labels
+    assert np.array_equal(seg(rgb).labels, from_pil)
+    assert np.array_equal(seg(str(PHOTO)).labels, from_pil)
+    assert np.array_equal(seg(rgb[..., ::-1].copy(), bgr=True).labels, from_pil)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    assert np.array_equal(seg(rgba).labels, from_pil)
+
+
+def test_greyscale_is_converted_and_other_arrays_are_refused():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert np.array_equal(as_rgb(grey), np.repeat(grey[..., None], 3, axis=2))
+    assert as_rgb(grey[..., None]).shape == (3, 4, 3)
+    with pytest.raises(EdgesegError, match="float32 array; pass uint8"):
+        as_rgb(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(EdgesegError, match="uint16 array"):
+        as_rgb(np.zeros((4, 4, 3), np.uint16))
+    with pytest.raises(EdgesegError, match="shape"):
+        as_rgb(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(EdgesegError, match="bgr=True applies to numpy arrays"):
+        as_rgb(Image.new("RGB", (4, 4)), bgr=True)
+    with pytest.raises(EdgesegError, match="expected a PIL image"):
+        as_rgb([1, 2, 3])
+
+
+def test_tflite_file_and_backend_choices(dm05_official):
+    by_path = edgeseg.Segmenter(dm05_official)
+    assert by_path.backend == "litert" and by_path.model == dm05_official.name
+    assert edgeseg.Segmenter(tflite=dm05_official).class_names == VOC_CLASSES
+    with pytest.raises(EdgesegError, match="runs with LiteRT"):
+        open_model(tflite=dm05_official, backend="torch")
+    with pytest.raises(EdgesegError, match="unknown backend 'onnx'"):
+        open_model("deeplabv3_mnv2_dm05_voc", backend="onnx")
+    with pytest.raises(EdgesegError, match="unknown model"):
+        edgeseg.Segmenter("nope")
+    assert tflite_class_names(dm05_official, 0) == VOC_CLASSES
+
+
+def test_open_runtime_is_the_one_factory(dm05_official):
+    runtime = open_runtime(dm05_official, "litert", threads=1)
+    assert runtime.name == f"litert:{dm05_official.name}" and runtime.input_size in (513, (513, 513))
+    with pytest.raises(EdgesegError, match="unknown backend"):
+        open_runtime(dm05_official, "onnxruntime")
+    with pytest.raises(EdgesegError, match="torch model, not a file"):
+        open_runtime(dm05_official, "torch")
+
+
+def test_torch_backend_names_itself(dm05_model):
+    seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", backend="torch")
+    result = seg(np.zeros((40, 60, 3), np.uint8))
+    assert (result.backend, seg.description) == ("torch", "deeplabv3_mnv2_dm05_voc (PyTorch FP32)")
+    assert result.labels.shape == (40, 60)
+
+
+def test_default_zoo_model_does_not_import_torch():
+    code = ("import sys, numpy as np, edgeseg; r = edgeseg.Segmenter()(np.zeros((8, 8, 3), np.uint8)); "
+            "print(r.backend, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")}).stdout
+    assert out.split() == ["litert", "False"]
