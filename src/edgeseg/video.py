@@ -52,7 +52,9 @@ def camera_device(camera: str | int) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The reason without FFmpeg's errno and file name: "Invalid data found when processing input"."""
+    reason = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return reason[0].lower() + reason[1:] if reason[:2].istitle() else reason
 
 
 class VideoInput:
