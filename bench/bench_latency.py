@@ -37,6 +37,7 @@ def main() -> None:
         "edgeseg fp32": ExportOptions(precision="fp32"),
         "edgeseg int8": ExportOptions(precision="int8", calib_root=args.calib_voc_root),
         "edgeseg int8 logits": ExportOptions(precision="int8", output="logits", calib_root=args.calib_voc_root),
+        "edgeseg int8 imx8mp": ExportOptions(target="imx8mp", calib_root=args.calib_voc_root),
     }
     model = None
     for label, options in variants.items():

@@ -1,11 +1,11 @@
-"""INT8 post-training quantization choices, measured: calibration count, granularity, weight ranges.
+"""INT8 post-training quantization choices, measured: calibration count, granularity, weight and activation ranges.
 
     .venv/bin/python bench/ptq_sweep.py [--models deeplabv3_mnv2_dm05_voc,deeplabv3_mnv2_dm10_voc]
 
 For each setting: export INT8 (calibrated on the first N train images), then report pixel agreement with
 the PyTorch FP32 model on 40 held-out train images (the last 40 of the split, never used to calibrate:
 this is what choices were made on), and val mIoU and agreement (reported, never used to choose).
-Takes about 10 minutes on 2 CPU cores.
+Takes about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from edgeseg.export import ExportOptions, export_tflite
 from edgeseg.registry import get_entry
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.zoo import create_model
+from edgeseg.zoo import create_model, official_tflite
 
 VOC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "voc" / "VOC2012"
-SETTINGS = [  # (calibration images, granularity, weight ranges)
-    (16, "per-channel", "minmax"), (64, "per-channel", "minmax"), (200, "per-channel", "minmax"),
-    (64, "per-tensor", "minmax"), (64, "per-channel", "mse"),
+SETTINGS = [  # (calibration images, granularity, weight ranges, activation ranges)
+    (64, "per-channel", "mse", "ema"), (64, "per-channel", "mse", "mse"),
+    (64, "per-tensor", "minmax", "ema"), (64, "per-tensor", "mse", "ema"), (64, "per-tensor", "mse", "mse"),
+    (128, "per-tensor", "mse", "mse"),
 ]
 
 
@@ -43,11 +44,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="deeplabv3_mnv2_dm05_voc,deeplabv3_mnv2_dm10_voc")
     parser.add_argument("--voc-root", type=Path, default=VOC_ROOT)
+    parser.add_argument("--official", action="store_true", help="also measure the official QAT file")
     args = parser.parse_args()
     train = voc(args.voc_root, "train")
     holdout = SegmentationFolder(train.samples[-40:], "VOC train, last 40 images")
     val = voc(args.voc_root, "val")
-    print(f"{'model':<26} {'calib':>5} {'weights':<12} {'ranges':<7} {'train agree':>11} "
+    print(f"{'model':<26} {'calib':>5} {'weights':<12} {'w rng':<6} {'a rng':<5} {'train agree':>11} "
           f"{'val agree':>9} {'val mIoU':>8}")
     for name in args.models.split(","):
         model = create_model(name)
@@ -55,18 +57,25 @@ def main() -> None:
         classes = get_entry(name).class_names
         _, fp32_holdout = predictions(fp32, holdout, classes)
         fp32_val_result, fp32_val = predictions(fp32, val, classes)
-        print(f"{name:<26} {'fp32':>5} {'-':<12} {'-':<7} {'100.00%':>11} {'100.00%':>9} "
+        print(f"{name:<26} {'fp32':>5} {'-':<12} {'-':<6} {'-':<5} {'100.00%':>11} {'100.00%':>9} "
               f"{100 * fp32_val_result.miou:>8.2f}")
-        for count, granularity, ranges in SETTINGS:
+        if args.official:
+            official = LiteRTRuntime(official_tflite(name), num_threads=2)
+            _, holdout_preds = predictions(official, holdout, classes)
+            val_result, val_preds = predictions(official, val, classes)
+            print(f"{name:<26} {'QAT':>5} {'official':<12} {'-':<6} {'-':<5} "
+                  f"{100 * agreement(holdout_preds, fp32_holdout):>10.2f}% "
+                  f"{100 * agreement(val_preds, fp32_val):>8.2f}% {100 * val_result.miou:>8.2f}", flush=True)
+        for count, granularity, ranges, activations in SETTINGS:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "int8.tflite"
                 export_tflite(model, classes, path, ExportOptions(
                     precision="int8", calib_root=args.voc_root, calib_count=count, granularity=granularity,
-                    weight_ranges=ranges))
+                    weight_ranges=ranges, activation_ranges=activations))
                 runtime = LiteRTRuntime(path, num_threads=2)
                 _, holdout_preds = predictions(runtime, holdout, classes)
                 val_result, val_preds = predictions(runtime, val, classes)
-            print(f"{name:<26} {count:>5} {granularity:<12} {ranges:<7} "
+            print(f"{name:<26} {count:>5} {granularity:<12} {ranges:<6} {activations:<5} "
                   f"{100 * agreement(holdout_preds, fp32_holdout):>10.2f}% "
                   f"{100 * agreement(val_preds, fp32_val):>8.2f}% {100 * val_result.miou:>8.2f}", flush=True)
 

@@ -60,7 +60,8 @@ def classifier_tflite(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
-    """The dm 0.5 model exported three ways (FP32; INT8 argmax uint8 per-channel; INT8 logits int8 per-tensor).
+    """The dm 0.5 model exported four ways: FP32; INT8 per-channel (argmax, uint8 pixels in); INT8 per-channel
+    logits with int8 input; and the i.MX 8M Plus preset (per-tensor uint8).
 
     Calibrated on only 8 train images to keep the suite fast; accuracy checks use their own exports.
     """
@@ -71,8 +72,9 @@ def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
     variants = {
         "fp32": ExportOptions(precision="fp32"),
         "int8": ExportOptions(precision="int8", calib_root=VOC_ROOT, calib_count=8),
-        "int8_logits": ExportOptions(precision="int8", output="logits", input="int8", granularity="per-tensor",
-                                     calib_root=VOC_ROOT, calib_count=8),
+        "int8_logits": ExportOptions(precision="int8", output="logits", input="int8", calib_root=VOC_ROOT,
+                                     calib_count=8),
+        "imx8mp": ExportOptions(target="imx8mp", calib_root=VOC_ROOT, calib_count=8),
     }
     return {name: Path(export_tflite(dm05_model, VOC_CLASSES, out / f"{name}.tflite", opts)["file"])
             for name, opts in variants.items()}

@@ -15,6 +15,7 @@ def test_export_sizes_match_the_zoo_metadata(dm05_exports):
     entry = get_entry("deeplabv3_mnv2_dm05_voc")
     assert dm05_exports["fp32"].stat().st_size == entry.measured["fp32_bytes"]
     assert dm05_exports["int8"].stat().st_size == entry.measured["int8_bytes"]
+    assert dm05_exports["imx8mp"].stat().st_size == entry.measured["int8_per_tensor_bytes"]
 
 
 def test_vx_list_check():
@@ -25,18 +26,19 @@ def test_vx_list_check():
 def test_card_from_existing_exports(voc_root, dm05_exports, dm05_model, dm05_official, tmp_path):
     out = tmp_path / "card"
     out.mkdir()
-    for precision in ("fp32", "int8"):
-        (out / f"deeplabv3_mnv2_dm05_voc_{precision}.tflite").write_bytes(dm05_exports[precision].read_bytes())
+    for variant in ("fp32", "int8", "imx8mp"):
+        (out / f"deeplabv3_mnv2_dm05_voc_{variant}.tflite").write_bytes(dm05_exports[variant].read_bytes())
     entry = get_entry("deeplabv3_mnv2_dm05_voc")
     dataset = voc(voc_root, "val", limit=3)
     fact = measure(CardModel(entry, dm05_model, dm05_official), dataset, out, calib_root=voc_root,
                    reuse_exports=True, threads=2)
     assert fact["params"] == entry.measured["params"] and fact["ops"]["total"] == entry.measured["ops"]
     assert fact["int8_float_compute_ops"] == [] and fact["vx_unsupported_ops"] == []
-    assert set(fact["miou"]) == {"fp32", "int8", "official_int8"}
+    assert set(fact["miou"]) == {"fp32", "int8", "int8_per_tensor", "official_int8"}
     assert np.asarray(fact["int8_confusion"]).sum() > 0
     row = card_row(entry, fact)
     assert len(row) == len(COLUMNS) and row[7] == "1.76 G" and row[8] == "0.69 M"
+    assert "per-tensor (NPU, `--target imx8mp`)" in row[5] and row[6] == "513x513x3"
     text = markdown([entry], [fact], "test data")
     assert "| " + " | ".join(COLUMNS) + " |" in text and "test data" in text and "70.19" in text
     pngs = plot_charts(entry, fact, out)
@@ -49,8 +51,8 @@ def test_card_from_existing_exports(voc_root, dm05_exports, dm05_model, dm05_off
 
 
 def test_card_rejects_a_non_segmentation_tflite(voc_root, classifier_tflite, tmp_path, capsys):
-    for precision in ("fp32", "int8"):
-        (tmp_path / f"deeplabv3_mnv2_dm05_voc_{precision}.tflite").write_bytes(classifier_tflite.read_bytes())
+    for variant in ("fp32", "int8", "imx8mp"):
+        (tmp_path / f"deeplabv3_mnv2_dm05_voc_{variant}.tflite").write_bytes(classifier_tflite.read_bytes())
     code = main(["card", "--voc-root", str(voc_root), "--model", "deeplabv3_mnv2_dm05_voc", "-o", str(tmp_path),
                  "--reuse-exports", "--limit", "2"])
     assert code == 2 and "not a segmentation model" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """The model card: every number measured from edgeseg's own exported files, on named data.
 
-For each model: count params and OPS from the torch model, export FP32 and INT8 .tflite files,
-evaluate both (and the official INT8 file, for reference) on the given split, check the INT8 ops
-against the i.MX 8M Plus VX delegate's documented list, and draw per-class IoU and confusion charts.
+For each model: count params and OPS from the torch model, export FP32, INT8 per-channel (CPUs, GPUs) and
+INT8 per-tensor (`--target imx8mp`, NPUs) .tflite files, evaluate them (and the official INT8 file, for
+reference) on the given split, check the per-tensor file's ops against the i.MX 8M Plus VX delegate's
+documented list, and draw per-class IoU and confusion charts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edgeseg.data import SegmentationFolder
 from edgeseg.evaluate import EvalResult, evaluate
 from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
 from edgeseg.files import atomic_path, write_json
+from edgeseg.pipeline import input_hw
 from edgeseg.registry import ModelEntry
 from edgeseg.runtimes.litert import LiteRTRuntime
 
@@ -47,33 +49,36 @@ def measure(
     entry = item.entry
     size = entry.preprocess.input_size
     ops = count_ops(item.model, size)
-    files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite"}
-    for precision, path in files.items():
-        if reuse_exports and path.is_file():
-            continue
-        options = ExportOptions(precision=precision, input_size=size,
-                                calib_root=calib_root if precision == "int8" else None,
-                                calib_count=calib_count)
-        export_tflite(item.model, entry.class_names, path, options)
+    files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite",
+             "int8_per_tensor": out_dir / f"{entry.name}_imx8mp.tflite"}
+    calibrated = {"calib_root": calib_root, "calib_count": calib_count}
+    variants = {"fp32": ExportOptions(precision="fp32", input_size=size),
+                "int8": ExportOptions(precision="int8", input_size=size, **calibrated),
+                "int8_per_tensor": ExportOptions(target="imx8mp", input_size=size, **calibrated)}
+    for key, path in files.items():
+        if not (reuse_exports and path.is_file()):
+            export_tflite(item.model, entry.class_names, path, variants[key])
     results: dict[str, EvalResult] = {}
     for precision, path in files.items():
         results[precision] = evaluate(LiteRTRuntime(path, num_threads=threads), dataset, entry.class_names)
     if item.official_tflite is not None:
         results["official_int8"] = evaluate(LiteRTRuntime(item.official_tflite, num_threads=threads), dataset,
                                             entry.class_names)
-    int8_report = inspect_tflite(files["int8"])
+    int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
     return {
         "name": entry.name,
         "params": count_params(item.model),
         "ops": ops.to_dict(),
         "fp32_bytes": files["fp32"].stat().st_size,
         "int8_bytes": files["int8"].stat().st_size,
+        "int8_per_tensor_bytes": files["int8_per_tensor"].stat().st_size,
         "miou": {k: round(100 * r.miou, 2) for k, r in results.items()},
         "per_class_iou": {k: r.confusion.iou_percent() for k, r in results.items()},
         "int8_confusion": results["int8"].confusion.matrix.tolist(),
         "int8_ops": int8_report["ops"],
-        "int8_float_compute_ops": int8_report["float_compute_ops"],
-        "vx_unsupported_ops": unsupported_ops(int8_report["ops"]),
+        "int8_float_compute_ops": int8_report["float_compute_ops"] + npu_report["float_compute_ops"],
+        "int8_per_tensor_ops": npu_report["ops"],
+        "vx_unsupported_ops": unsupported_ops(npu_report["ops"]),
         "calibration": {"split": "train", "count": calib_count, "reused_exports": reuse_exports},
         "files": {k: str(v) for k, v in files.items()},
     }
@@ -81,15 +86,18 @@ def measure(
 
 def card_row(entry: ModelEntry, facts: dict) -> list[str]:
     unsupported = facts["vx_unsupported_ops"]
-    vx = (f"i.MX 8M Plus VX delegate: all {len(facts['int8_ops'])} INT8 op types on its documented list"
-          if not unsupported else f"i.MX 8M Plus VX delegate: {', '.join(unsupported)} not on its list (CPU fallback)")
+    vx = (f"i.MX 8M Plus NPU (VX delegate): the per-tensor file's {len(facts['int8_per_tensor_ops'])} op types "
+          "are all on its documented list" if not unsupported
+          else f"i.MX 8M Plus VX delegate: {', '.join(unsupported)} not on its list (CPU fallback)")
+    height, width = input_hw(entry.preprocess.input_size)
     return [
         entry.name, entry.architecture, entry.backbone, entry.dataset,
-        f"{facts['miou']['fp32']:.2f}", f"{facts['miou']['int8']:.2f}",
-        f"{entry.preprocess.input_size}x{entry.preprocess.input_size}x3",
-        f"{facts['ops']['total'] / 1e9:.2f} G", f"{facts['params'] / 1e6:.2f} M",
-        _mb(facts["fp32_bytes"]), _mb(facts["int8_bytes"]),
-        f"LiteRT CPU x86-64 (XNNPACK): FP32 and INT8 run and evaluated; {vx} ({VX_DELEGATE_SOURCE}; "
+        f"{facts['miou']['fp32']:.2f}",
+        f"{facts['miou']['int8']:.2f} per-channel (CPU, GPU) / {facts['miou']['int8_per_tensor']:.2f} per-tensor "
+        "(NPU, `--target imx8mp`)",
+        f"{height}x{width}x3", f"{facts['ops']['total'] / 1e9:.2f} G", f"{facts['params'] / 1e6:.2f} M",
+        _mb(facts["fp32_bytes"]), f"{_mb(facts['int8_bytes'])} / {_mb(facts['int8_per_tensor_bytes'])}",
+        f"LiteRT CPU x86-64 (XNNPACK): FP32 and both INT8 files run and evaluated; {vx} ({VX_DELEGATE_SOURCE}; "
         "not run on the board)",
     ]
 
@@ -125,7 +133,8 @@ def plot_charts(entry: ModelEntry, fact: dict, out_dir: Path) -> list[Path]:
     names = entry.class_names
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    series = [("fp32", "edgeseg FP32"), ("int8", "edgeseg INT8"), ("official_int8", "official INT8")]
+    series = [("fp32", "edgeseg FP32"), ("int8", "INT8 per-channel"), ("int8_per_tensor", "INT8 per-tensor"),
+              ("official_int8", "official INT8")]
     series = [(k, label) for k, label in series if k in fact["per_class_iou"]]
     width = 0.8 / len(series)
     for i, (key, label) in enumerate(series):

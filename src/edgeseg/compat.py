@@ -26,6 +26,14 @@ VX_DELEGATE_OPS = frozenset({
 })
 
 
+# Export presets by device: the options each target needs, and why.
+TARGETS: dict[str, dict[str, str]] = {
+    # NXP i.MX 8M Plus NPU (VeriSilicon VIP8000, VX delegate): per-tensor asymmetric uint8 runs natively,
+    # per-channel files run far slower or fall back to the GPU/CPU; raw uint8 pixels in, labels out.
+    "imx8mp": {"precision": "int8", "granularity": "per-tensor", "input": "uint8", "output": "argmax"},
+}
+
+
 def unsupported_ops(op_types: Iterable[str], supported: frozenset[str] = VX_DELEGATE_OPS) -> list[str]:
     """Returns the op types not in the supported list (they would fall back to the CPU)."""
     return sorted(set(op_types) - supported)

@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeseg.models.deeplabv3 import DeepLabHead
 from edgeseg.models.mobilenetv2 import InvertedResidual
+from edgeseg.pipeline import Size, input_hw
 
 # Bilinear interpolation: 4 multiplies and 3 adds per output value; argmax: one compare per class.
 _BILINEAR_OPS = 7
@@ -42,8 +43,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_ops(model: nn.Module, input_size: int = 513) -> OpsCount:
-    """Returns the OPS of one forward pass at input_size x input_size, counted with forward hooks."""
+def count_ops(model: nn.Module, input_size: Size = 513) -> OpsCount:
+    """Returns the OPS of one forward pass at the input size (side or (height, width)), counted with hooks."""
     counts = {"conv_macs": 0, "bias_adds": 0, "residual_adds": 0, "pool_adds": 0}
 
     def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
@@ -69,7 +70,7 @@ def count_ops(model: nn.Module, input_size: int = 513) -> OpsCount:
             hooks.append(module.register_forward_hook(head_hook))
     try:
         with torch.no_grad():
-            logits = model(torch.zeros(1, 3, input_size, input_size))
+            logits = model(torch.zeros(1, 3, *input_hw(input_size)))
     finally:
         for hook in hooks:
             hook.remove()

@@ -4,9 +4,11 @@ The exported graph is NHWC end to end (no TRANSPOSE). INT8 is full-integer stati
 calibrated on training images. Options for NPUs such as the i.MX 8M Plus (VX delegate):
 - input `uint8` (default): raw pixels, scale 1/128 and zero point 128 as in the official files, so the
   app feeds pixels and the graph has no float preprocessing; `int8`: the same with zero point 0.
-- output `argmax`: a full-resolution label map (int32); `logits`: the small int8 logits, for delegates
+- output `argmax`: a full-resolution label map (int32); `logits`: the small logits, for delegates
   without ARG_MAX, upsampled and argmaxed on the host by edgeseg.
-- weights `per-channel` (accurate) or `per-tensor` (what many NPUs run fastest).
+- weights `per-channel` (int8, accurate on CPUs and GPUs) or `per-tensor` (uint8 with a zero point per
+  tensor, as the official QAT files: what VeriSilicon NPUs run natively; see per_tensor.py).
+- `target`: a named preset for one device, e.g. `imx8mp`.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from edgeseg.compat import TARGETS
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, check_output_file
-from edgeseg.pipeline import DEEPLAB, load_image, normalize_and_pad
+from edgeseg.pipeline import DEEPLAB, Size, input_hw, load_image, normalize_and_pad
 from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
 
 PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
     ("argmax", "logits"), ("per-channel", "per-tensor")
+
+# Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see the README).
+DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
 
 
 @dataclass(frozen=True)
@@ -44,29 +50,52 @@ class ExportOptions:
     calib_root: Path | None = None
     calib_split: str = "train"
     calib_count: int = 64
-    input_size: int = 513
-    weight_ranges: str = "mse"  # per-channel weight scales: "mse" (see channel_scales) or "minmax"
+    input_size: Size = 513
+    weight_ranges: str = "mse"  # weight scales: "mse" (exact QAT grids where they exist) or "minmax"
+    activation_ranges: str | None = None  # "ema" (the quantizer's moving min/max) or "mse"; default by granularity
+    target: str | None = None  # a TARGETS preset
 
     def resolved(self) -> ExportOptions:
         """Returns the options with defaults filled in, or raises on a conflicting combination."""
-        for option, value, allowed in (("precision", self.precision, PRECISIONS), ("input", self.input, INPUTS),
-                                       ("output", self.output, OUTPUTS),
-                                       ("granularity", self.granularity, GRANULARITIES)):
+        options = self._with_target()
+        for option, value, allowed in (("precision", options.precision, PRECISIONS),
+                                       ("input", options.input, INPUTS), ("output", options.output, OUTPUTS),
+                                       ("granularity", options.granularity, GRANULARITIES),
+                                       ("weight-ranges", options.weight_ranges, ("mse", "minmax")),
+                                       ("activation-ranges", options.activation_ranges, ("ema", "mse"))):
             if value is not None and value not in allowed:
                 raise EdgesegError(f"--{option} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.precision == "fp32":
-            if self.input not in (None, "float32"):
-                raise EdgesegError(f"--input {self.input} needs --precision int8 (an FP32 model takes float32)")
-            if self.granularity is not None or self.calib_root is not None:
-                raise EdgesegError("--granularity and --calib-voc-root apply to --precision int8 only")
-            return replace(self, input="float32")
-        if self.calib_root is None:
+        options = replace(options, input_size=input_hw(options.input_size))
+        if options.precision == "fp32":
+            if options.input not in (None, "float32"):
+                raise EdgesegError(f"--input {options.input} needs --precision int8 (an FP32 model takes float32)")
+            if options.granularity is not None or options.calib_root is not None or options.activation_ranges:
+                raise EdgesegError("--granularity, --activation-ranges and --calib-voc-root apply to int8 only")
+            return replace(options, input="float32")
+        if options.calib_root is None:
             raise EdgesegError("INT8 export needs calibration images: --calib-voc-root DIR (a VOC or images/ folder)")
-        if self.weight_ranges not in ("mse", "minmax"):
-            raise EdgesegError("--weight-ranges must be mse or minmax")
-        if self.calib_count < 1:
+        if options.calib_count < 1:
             raise EdgesegError("--calib-count must be at least 1")
-        return replace(self, input=self.input or "uint8", granularity=self.granularity or "per-channel")
+        if options.granularity == "per-tensor" and options.input == "int8":
+            raise EdgesegError("--granularity per-tensor files are uint8 throughout: use --input uint8 or float32")
+        granularity = options.granularity or "per-channel"
+        return replace(options, input=options.input or "uint8", granularity=granularity,
+                       activation_ranges=options.activation_ranges or DEFAULT_ACTIVATION_RANGES[granularity])
+
+    def _with_target(self) -> ExportOptions:
+        """Returns the options with the target's preset applied; an explicit conflicting option is an error."""
+        if self.target is None:
+            return self
+        if self.target not in TARGETS:
+            raise EdgesegError(f"unknown --target {self.target!r}; known targets: {', '.join(TARGETS)}")
+        preset = TARGETS[self.target]
+        explicit = {"precision": self.precision if self.precision != "int8" else None, "input": self.input,
+                    "granularity": self.granularity, "output": self.output if self.output != "argmax" else None}
+        for option, value in explicit.items():
+            if value is not None and value != preset[option]:
+                raise EdgesegError(f"--target {self.target} means --{option} {preset[option]}; "
+                                   f"it conflicts with --{option} {value}")
+        return replace(self, **preset)
 
 
 class DeployModel(nn.Module):
@@ -88,7 +117,7 @@ class DeployModel(nn.Module):
         return up.permute(0, 2, 3, 1).argmax(dim=-1)
 
 
-def calibration_images(root: Path, split: str, count: int, input_size: int) -> list[np.ndarray]:
+def calibration_images(root: Path, split: str, count: int, input_size: Size) -> list[np.ndarray]:
     """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset; warns if fewer exist."""
     from edgeseg.data import open_dataset
     from edgeseg.pipeline import fit_to_input
@@ -107,25 +136,6 @@ def calibration_images(root: Path, split: str, count: int, input_size: int) -> l
         pixels = fit_to_input(load_image(sample.image_path), input_size)
         images.append(normalize_and_pad(pixels, input_size, DEEPLAB)[None])
     return images
-
-
-def _recipe(granularity: str) -> list[dict]:
-    """ai-edge-quantizer's static_wi8_ai8 recipe, with the weight granularity made selectable."""
-    return [{
-        "regex": ".*",
-        "operation": "*",
-        "algorithm_key": "min_max_uniform_quantize",
-        "op_config": {
-            "activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
-                                         "dtype": "INT"},
-            "weight_tensor_config": {"num_bits": 8, "symmetric": True, "dtype": "INT",
-                                     "granularity": "CHANNELWISE" if granularity == "per-channel" else "TENSORWISE"},
-            "compute_precision": "INTEGER",
-            "explicit_dequantize": False,
-            "skip_checks": False,
-            "min_weight_elements": 0,
-        },
-    }]
 
 
 def channel_scales(weights: np.ndarray, axis: int, qmax: int = 127) -> np.ndarray:
@@ -174,21 +184,55 @@ def _weight_ranges(float_path: Path) -> dict:
     return ranges
 
 
-def _quantize(float_path: Path, images: list[np.ndarray], granularity: str, weight_ranges: str) -> bytes:
-    from ai_edge_quantizer import quantizer
+def _quantizer(float_path: Path, granularity: str):
+    """ai-edge-quantizer's static int8 recipe (static_wi8_ai8) with the weight granularity chosen."""
+    from ai_edge_quantizer import qtyping, quantizer
 
-    input_name = TFLiteFile(float_path).inputs[0].name
-    calibrator = quantizer.Quantizer(str(float_path), _recipe(granularity))
-    ranges = calibrator.calibrate({"serving_default": [{"args_0": x} for x in images]}, num_threads=2)
+    q = quantizer.Quantizer(str(float_path))
+    q.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8,
+                        weight_granularity=qtyping.QuantGranularity.CHANNELWISE if granularity == "per-channel"
+                        else qtyping.QuantGranularity.TENSORWISE)
+    return q
+
+
+def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions):
+    """Returns the quantized model (flatbuffer object) and, for per-tensor files, how many conv weights
+    were re-quantized exactly onto their QAT grid ("n of m")."""
+    from edgeseg.activation_ranges import mse_ranges
+    from edgeseg.per_tensor import to_uint8
+    from edgeseg.tflite_edit import read_model
+
+    float_file = TFLiteFile(float_path)
+    input_name = float_file.inputs[0].name
+    samples = tqdm([{"args_0": x} for x in images], desc="calibration", unit="img", file=sys.stderr, leave=False)
+    with _quiet_progress():
+        ranges = _quantizer(float_path, options.granularity).calibrate({"serving_default": samples}, num_threads=2)
     # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
     # pixels map onto it with zero point 128, as in the official files.
     ranges[input_name] = {k: np.full_like(np.asarray(v, np.float32), -1.0 if k == "min" else 127 / 128)
                           for k, v in ranges[input_name].items()}
-    if granularity == "per-channel" and weight_ranges == "mse":
+    if options.activation_ranges == "mse":
+        constants = {t.name for t in float_file.tensors if t.data is not None}
+        ranges = mse_ranges(float_path, ranges, images, skip=constants | {input_name})
+    if options.granularity == "per-channel" and options.weight_ranges == "mse":
         ranges.update(_weight_ranges(float_path))
-    result = quantizer.Quantizer(str(float_path), _recipe(granularity)).quantize(
-        ranges, enable_progress_report=False)
-    return bytes(result.quantized_model)
+    with _quiet_progress():
+        result = _quantizer(float_path, options.granularity).quantize(ranges, enable_progress_report=False)
+    model = read_model(bytes(result.quantized_model))
+    if options.granularity != "per-tensor":
+        return model, None
+    floats = {t.name: t.data for t in float_file.tensors if t.data is not None}
+    convs, exact = to_uint8(model, floats, exact_grids=options.weight_ranges == "mse")
+    return model, f"{exact} of {convs}"
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """Sends the quantizer's per-op progress bars (thousands of lines in logs) to /dev/null."""
+    import os
+
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
 
 
 def export_tflite(
@@ -206,17 +250,17 @@ def export_tflite(
               if options.precision == "int8" else [])
     start = time.perf_counter()
     wrapper = DeployModel(model.eval(), options.output).eval()
-    sample = torch.zeros(1, options.input_size, options.input_size, 3)
+    sample = torch.zeros(1, *options.input_size, 3)
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
         float_path = Path(tmp) / "float.tflite"
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results; the converter logs a lot
             litert_torch.convert(wrapper, (sample,)).export(str(float_path))
-        data = float_path.read_bytes() if options.precision == "fp32" else \
-            _quantize(float_path, images, options.granularity, options.weight_ranges)
-    tfl_model = read_model(data)
+        tfl_model, exact_weights = (read_model(float_path.read_bytes()), None) if options.precision == "fp32" \
+            else _quantize(float_path, images, options)
     if options.precision == "int8":
         feed_argmax_integers(tfl_model)
-        if options.input != "int8":
+        native_input = "uint8" if options.granularity == "per-tensor" else "int8"
+        if options.input != native_input:
             retype_input(tfl_model, options.input)
     add_metadata(tfl_model, CLASSES_METADATA, json.dumps(list(class_names)).encode())
     with atomic_path(path) as tmp_path:
@@ -225,7 +269,8 @@ def export_tflite(
         if options.precision == "int8" and report["float_compute_ops"]:
             raise EdgesegError(f"INT8 export still computes in float: {report['float_compute_ops'][:5]}")
     return {"file": str(path), "options": {k: str(v) for k, v in vars(options).items()},
-            "calibration_images": len(images), "seconds": round(time.perf_counter() - start, 1), **report}
+            "calibration_images": len(images), "exact_weights": exact_weights,
+            "seconds": round(time.perf_counter() - start, 1), **report}
 
 
 def inspect_tflite(path: str | Path) -> dict:

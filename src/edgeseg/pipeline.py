@@ -17,17 +17,37 @@ from edgeseg.errors import EdgesegError
 from edgeseg.registry import Preprocess
 
 DEEPLAB = Preprocess()
+Size = int | tuple[int, int]  # a square side, or (height, width)
+
+
+def input_hw(size: Size) -> tuple[int, int]:
+    """Returns (height, width) for a square side or an (height, width) pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def parse_size(text: str, low: int = 33, high: int = 2049) -> tuple[int, int]:
+    """Parses '513' or 'HxW' (e.g. '360x480'); each side must lie in low..high."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) not in (1, 2):
+            raise ValueError
+        height, width = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise EdgesegError(f"input size must be N or HxW (e.g. 513 or 360x480), got {text!r}") from None
+    if not (low <= height <= high and low <= width <= high):
+        raise EdgesegError(f"input size sides must be {low}..{high}, got {text!r}")
+    return height, width
 
 
 class Runtime(Protocol):
     """What predict, evaluate and benchmark need from a backend (PyTorch or LiteRT)."""
 
     name: str
-    input_size: int
+    input_size: tuple[int, int]  # (height, width) of the model input
     num_classes: int
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) no larger than input_size."""
+        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size."""
         ...
 
 
@@ -60,20 +80,24 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def fit_to_input(pixels: np.ndarray, input_size: int) -> np.ndarray:
-    """Returns the pixels unchanged, or resized (bilinear) so the longer side is input_size."""
+def fit_to_input(pixels: np.ndarray, input_size: Size) -> np.ndarray:
+    """Returns the pixels unchanged if they fit the input, else resized (bilinear, aspect kept) to fit.
+
+    For a square input this is DeepLab's rule: the longer side becomes input_size.
+    """
     height, width = pixels.shape[:2]
-    if max(height, width) <= input_size:
+    max_height, max_width = input_hw(input_size)
+    if height <= max_height and width <= max_width:
         return pixels
-    ratio = input_size / max(height, width)
+    ratio = min(max_height / height, max_width / width)
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
 
 
-def normalize_and_pad(pixels: np.ndarray, input_size: int, cfg: Preprocess = DEEPLAB) -> np.ndarray:
-    """Returns float32 (input_size, input_size, 3): scaled pixels, padded bottom/right with cfg.pad_value."""
+def normalize_and_pad(pixels: np.ndarray, input_size: Size, cfg: Preprocess = DEEPLAB) -> np.ndarray:
+    """Returns float32 (H, W, 3) of the input size: scaled pixels, padded bottom/right with cfg.pad_value."""
     height, width = pixels.shape[:2]
-    out = np.full((input_size, input_size, 3), cfg.pad_value, dtype=np.float32)
+    out = np.full((*input_hw(input_size), 3), cfg.pad_value, dtype=np.float32)
     out[:height, :width] = pixels.astype(np.float32) * cfg.scale + cfg.offset
     return out
 
@@ -89,7 +113,7 @@ def align_corners_taps(out_size: int, in_size: int, keep: int) -> tuple[np.ndarr
     return low, low + 1, (pos - low).astype(np.float32)
 
 
-def labels_from_logits(logits: np.ndarray, input_size: int, height: int, width: int) -> np.ndarray:
+def labels_from_logits(logits: np.ndarray, input_size: Size, height: int, width: int) -> np.ndarray:
     """Returns argmax labels (height, width) of (h, w, C) logits resized to input_size with align_corners.
 
     Exact, but cheap: a pixel whose four source corners share one argmax takes that class, because
@@ -97,8 +121,9 @@ def labels_from_logits(logits: np.ndarray, input_size: int, height: int, width: 
     corners. Only pixels in cells with mixed corners are interpolated. The padding is never computed.
     """
     values = logits.astype(np.float32, copy=False)
-    row_lo, row_hi, row_w = align_corners_taps(input_size, logits.shape[0], height)
-    col_lo, col_hi, col_w = align_corners_taps(input_size, logits.shape[1], width)
+    input_height, input_width = input_hw(input_size)
+    row_lo, row_hi, row_w = align_corners_taps(input_height, logits.shape[0], height)
+    col_lo, col_hi, col_w = align_corners_taps(input_width, logits.shape[1], width)
     coarse = values.argmax(axis=-1).astype(np.uint8)
     # mixed[i, j]: the cell between source rows i, i+1 and columns j, j+1 has corners of different classes.
     padded = np.pad(coarse, ((0, 1), (0, 1)), mode="edge")

@@ -6,11 +6,11 @@ front of an int8 model, ARG_MAX fed int8 directly, and edgeseg metadata (class n
 
 from __future__ import annotations
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
 
-from edgeseg.tflite_file import builtin_code
+from edgeseg.tflite_file import builtin_code, parse_model
 
 _OPS = schema.BuiltinOperator
 
@@ -20,19 +20,12 @@ def _text(name: bytes | str) -> str:
 
 
 def read_model(data: bytes) -> schema.ModelT:
-    """Returns the model with every buffer held inline (quantizer output appends them by offset)."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    for buffer in model.buffers:
-        if buffer.offset > 1:
-            buffer.data = np.frombuffer(data[buffer.offset: buffer.offset + buffer.size], np.uint8).copy()
-            buffer.offset = buffer.size = 0
-    return model
+    """Returns the model object, every buffer held inline (quantizer output appends them by offset)."""
+    return parse_model(data)
 
 
 def serialize(model: schema.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _opcode(model: schema.ModelT, op: schema.OperatorT) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeseg.errors import EdgesegError
 
@@ -61,7 +62,16 @@ class OpInfo:
 
 def builtin_code(code) -> int:
     """Returns an operator code's builtin op (newer files keep it in builtinCode, older in the deprecated field)."""
-    return max(code.builtinCode, code.deprecatedBuiltinCode)
+    return flatbuffer_utils.get_builtin_code_from_operator_code(code)
+
+
+def parse_model(data: bytes) -> schema.ModelT:
+    """Returns the model object with every buffer inline as a uint8 array (large files keep them by offset)."""
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    for buffer in model.buffers:
+        if buffer.data is not None:
+            buffer.data = np.frombuffer(bytes(buffer.data), np.uint8).copy()
+    return model
 
 
 class TFLiteFile:
@@ -70,10 +80,10 @@ class TFLiteFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            buf = self._raw = self.path.read_bytes()
+            buf = self.path.read_bytes()
             if len(buf) < 8 or buf[4:8] != b"TFL3":
                 raise ValueError("no TFL3 identifier")
-            self._model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
+            self._model = parse_model(buf)
         except FileNotFoundError:
             raise EdgesegError(f"{self.path}: no such file") from None
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite model"
@@ -108,12 +118,8 @@ class TFLiteFile:
     def _buffer_bytes(self, index: int) -> bytes | None:
         if index >= len(self._model.buffers):
             return None
-        buffer = self._model.buffers[index]
-        if buffer.offset > 1:  # large models keep buffers after the flatbuffer, addressed by offset
-            return self._raw[buffer.offset: buffer.offset + buffer.size]
-        if buffer.data is not None and len(buffer.data) > 0:
-            return np.asarray(buffer.data, dtype=np.uint8).tobytes()
-        return None
+        data = self._model.buffers[index].data
+        return data.tobytes() if data is not None and len(data) > 0 else None
 
     @cached_property
     def ops(self) -> list[OpInfo]:

@@ -50,7 +50,7 @@ class LiteRTRuntime:
             raise EdgesegError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
         self.name = f"litert:{self.path.name}"
         self._input, self._output = self._check_signature()
-        self.input_size = int(self._input["shape"][1])
+        self.input_size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         self.outputs_logits = len(self._output["shape"]) == 4
         self.num_classes = int(self._output["shape"][-1]) if self.outputs_logits else 0
         self._dtype = np.dtype(self._input["dtype"])
@@ -88,13 +88,13 @@ class LiteRTRuntime:
             problem = f"{len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1"
         else:
             shape, out_shape = list(inputs[0]["shape"]), list(outputs[0]["shape"])
-            if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or shape[1] != shape[2]:
-                problem = f"input shape {shape}, expected [1, S, S, 3]"
+            if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+                problem = f"input shape {shape}, expected [1, H, W, 3]"
             elif not (
                 (len(out_shape) == 3 and out_shape[1:] == shape[1:3])
                 or (len(out_shape) == 4 and out_shape[3] >= 2)
             ):
-                problem = f"output shape {out_shape}, expected [1, S, S] labels or [1, h, w, classes] logits"
+                problem = f"output shape {out_shape}, expected [1, H, W] labels or [1, h, w, classes] logits"
         if problem:
             raise EdgesegError(f"{self.path}: not a segmentation model ({problem})")
         return inputs[0], outputs[0]
@@ -102,11 +102,10 @@ class LiteRTRuntime:
     def set_input(self, pixels: np.ndarray) -> None:
         """Writes uint8 RGB pixels (H, W, 3), scaled and padded, into the model's input tensor."""
         height, width = pixels.shape[:2]
-        size = self.input_size
         if self._dtype == np.float32:
-            batch = normalize_and_pad(pixels, size, self._preprocess)
+            batch = normalize_and_pad(pixels, self.input_size, self._preprocess)
         else:
-            batch = np.full((size, size, 3), self._pad, dtype=self._dtype)
+            batch = np.full((*self.input_size, 3), self._pad, dtype=self._dtype)
             batch[:height, :width] = self._lut[pixels]
         self.interpreter.set_tensor(self._input["index"], batch[None])
 
@@ -122,7 +121,7 @@ class LiteRTRuntime:
         return labels_from_logits(out.astype(np.float32), self.input_size, height, width)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) no larger than input_size."""
+        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size."""
         self.set_input(pixels)
         self.invoke()
         return self.get_labels(*pixels.shape[:2])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgeseg.pipeline import DEEPLAB, normalize_and_pad
+from edgeseg.pipeline import DEEPLAB, Size, input_hw, normalize_and_pad
 from edgeseg.registry import Preprocess
 
 
@@ -13,12 +13,12 @@ class TorchRuntime:
     """Runs a DeepLabV3 torch module on the CPU (or `device`), under inference mode."""
 
     def __init__(
-        self, model: torch.nn.Module, *, num_classes: int, input_size: int = 513,
+        self, model: torch.nn.Module, *, num_classes: int, input_size: Size = 513,
         preprocess: Preprocess = DEEPLAB, device: str = "cpu", name: str = "torch",
     ) -> None:
         self.model = model.eval().to(device)
         self.device = device
-        self.input_size = input_size
+        self.input_size = input_hw(input_size)
         self.num_classes = num_classes
         self.name = name
         self._preprocess = preprocess
