@@ -210,7 +210,7 @@ class VideoWriter:
             self.stream.pix_fmt = "yuv420p"
             if codec == "libx264":
                 # Fast and light on CPU: the model, not the encoder, should use the cores.
-                self.stream.options = {"preset": "veryfast", "crf": "23", "threads": "1"}
+                self.stream.options = {"preset": "ultrafast", "crf": "23", "threads": "1"}
             else:
                 self.stream.codec_context.thread_count = 1
         except (av.error.FFmpegError, OSError, ValueError) as exc:
