@@ -171,6 +171,17 @@ def cmd_card(args: argparse.Namespace) -> None:
     print(path.read_text())
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a real default the help text does not mention."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -216,12 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list zoo models and whether their weights are present")
+    p = sub.add_parser("models", help="list zoo models and whether their weights are present",
+                       formatter_class=DefaultsFormatter)
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*dm05*'")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("predict", help="segment images, folders, videos or a camera: label maps and overlays",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=DefaultsFormatter,
                        description="Images give <name>_labels.png (class indices) and <name>_overlay.png; "
                                    "videos give <name>_overlay.mp4 (needs pip install 'edgeseg[video]'); "
                                    "a folder keeps its layout under the output folder.")
@@ -240,10 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="videos: no progress bar on stderr")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="VOC mIoU over a split (one confusion matrix, 255 ignored)")
+    p = sub.add_parser("evaluate", help="VOC mIoU over a split (one confusion matrix, 255 ignored)",
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--voc-root", type=Path, required=True,
                    help="VOCdevkit/VOC2012-style folder, or a folder with images/ and masks/")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split to evaluate")
     add_model_args(p)
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
