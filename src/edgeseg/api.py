@@ -81,7 +81,8 @@ class Result:
         """Returns {class name: share of pixels} for the classes present, largest first."""
         from edgeseg.visualize import class_shares
 
-        return dict(class_shares(self.labels, names_for(self.labels, self.class_names)))
+        shares = class_shares(self.labels, names_for(self.labels, self.class_names))
+        return {name: float(share) for name, share in shares}
 
     def overlay(self, *, legend: bool = True, alpha: float = 0.55) -> Image.Image:
         """Returns the image blended with the class colours (background left as is), with a legend panel."""
