@@ -7,6 +7,7 @@ Interleaving keeps both measurements under the same machine load. Target (issue 
 invoke ms, for the dm 0.5 INT8 file at 2 threads.
 
     .venv/bin/python bench/bench_video.py [--tflite FILE] [--threads 2] [--frames 120] [--rounds 3]
+    .venv/bin/python bench/bench_video.py --save-clip clip.mp4   # or --clip clip.mp4 where CamVid is absent
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def build_clip(path: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
+def read_clip(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
 def invoke_ms(runtime, pixels: np.ndarray, runs: int, warmup: int = 5) -> float:
     runtime.set_input(pixels)
     for _ in range(warmup):
@@ -65,20 +71,26 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--runs", type=int, default=40, help="invokes per invoke-alone measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clip", type=Path, help="use this clip instead of building one from CamVid")
+    parser.add_argument("--save-clip", type=Path, help="only build the CamVid clip, at this path")
     args = parser.parse_args()
+    if args.save_clip:
+        build_clip(args.save_clip, args.frames)
+        return
     path = args.tflite or official_tflite("deeplabv3_mnv2_dm05_voc")
     work = Path(tempfile.mkdtemp(prefix="bench-video-"))
-    clip = work / "clip.mp4"
-    frames = build_clip(clip, args.frames)
+    clip = args.clip or work / "clip.mp4"
+    frames = read_clip(clip) if args.clip else build_clip(clip, args.frames)
     runtime = open_runtime(path, "litert", threads=args.threads)
-    print(f"{path.name}, {args.threads} threads, {args.frames}-frame 480x360 clip, {os.cpu_count()} CPUs")
+    cpus = len(os.sched_getaffinity(0))
+    print(f"{path.name}, {args.threads} threads, {len(frames)}-frame 480x360 clip, {cpus} CPUs usable")
     print(f"{'round':>5} {'invoke ms':>10} {'1000/invoke':>12} {'stream fps':>11} {'ratio':>6}  stream medians (ms)")
     ratios, fps_all, limits = [], [], []
     for round_ in range(1, args.rounds + 1):
         alone = invoke_ms(runtime, frames[0], args.runs)
         with open_video(clip) as video:
             stats = segment_video(video, runtime, work / "out.mp4", VOC_CLASSES, progress=False)
-        assert stats.frames == args.frames, stats.frames
+        assert stats.frames == len(frames), stats.frames
         ratio = stats.fps / (1000 / alone)
         ratios.append(ratio)
         fps_all.append(stats.fps)
