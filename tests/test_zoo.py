@@ -28,7 +28,7 @@ def test_checkpoint_round_trip_carries_class_names(tmp_path):
 
     save_checkpoint(model, tmp_path / "m.safetensors", replace(entry, class_names=names), NAME)
     loaded, loaded_entry = load_checkpoint(tmp_path / "m.safetensors")
-    assert loaded_entry.class_names == names and loaded_entry.width_mult == 0.5
+    assert loaded_entry.class_names == names and loaded_entry.arch["width_mult"] == 0.5
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 

@@ -20,6 +20,7 @@ from edgeseg.data import SegmentationFolder
 from edgeseg.evaluate import EvalResult, evaluate
 from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
 from edgeseg.files import atomic_path, write_json
+from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
 from edgeseg.pipeline import input_hw
 from edgeseg.registry import ModelEntry
 from edgeseg.runtimes.litert import LiteRTRuntime
@@ -43,9 +44,12 @@ def _mb(num_bytes: int) -> str:
 
 def measure(
     item: CardModel, dataset: SegmentationFolder, out_dir: Path, *, calib_root: Path, calib_count: int = 64,
-    threads: int | None = 2, reuse_exports: bool = False,
+    threads: int | None = 2, reuse_exports: bool = False, class_map: str | None = None,
 ) -> dict:
-    """Returns the measured card facts for one model, exporting its .tflite files into out_dir."""
+    """Returns the measured card facts for one model, exporting its .tflite files into out_dir.
+
+    With `class_map` (a mapping name or file), the model's predictions are scored as the dataset's classes.
+    """
     entry = item.entry
     size = entry.preprocess.input_size
     ops = count_ops(item.model, size)
@@ -58,12 +62,18 @@ def measure(
     for key, path in files.items():
         if not (reuse_exports and path.is_file()):
             export_tflite(item.model, entry.class_names, path, variants[key])
-    results: dict[str, EvalResult] = {}
-    for precision, path in files.items():
-        results[precision] = evaluate(LiteRTRuntime(path, num_threads=threads), dataset, entry.class_names)
+    class_names, wrap = entry.class_names, (lambda runtime: runtime)
+    if class_map is not None:
+        mapping = load_mapping(class_map)
+        lut, class_names = mapping_lut(mapping, entry.class_names), mapping.dataset_classes
+
+        def wrap(runtime):
+            return MappedRuntime(runtime, lut, len(class_names))
     if item.official_tflite is not None:
-        results["official_int8"] = evaluate(LiteRTRuntime(item.official_tflite, num_threads=threads), dataset,
-                                            entry.class_names)
+        files["official_int8"] = item.official_tflite
+    results: dict[str, EvalResult] = {
+        key: evaluate(wrap(LiteRTRuntime(path, num_threads=threads)), dataset, class_names)
+        for key, path in files.items()}
     int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
     return {
         "name": entry.name,
@@ -81,6 +91,8 @@ def measure(
         "vx_unsupported_ops": unsupported_ops(npu_report["ops"]),
         "calibration": {"split": "train", "count": calib_count, "reused_exports": reuse_exports},
         "files": {k: str(v) for k, v in files.items()},
+        "class_names": list(class_names),
+        "class_map": class_map,
     }
 
 
@@ -109,13 +121,19 @@ def markdown(entries: list[ModelEntry], facts: list[dict], data: str) -> str:
              "(final upsample and argmax excluded). Params: batch norm folded into the convs.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(card_row(e, f)) + " |" for e, f in zip(entries, facts)]
-    lines += ["", f"Reference on the same data ({data}) and published figures (full VOC12 val, 1,449 images):", "",
-              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit |",
-              "| --- | --- | --- | --- |"]
+    lines += ["", f"Reference: the official INT8 file on the same data ({data}), and the figures published for "
+              "each model on its own data:", "",
+              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit | published on |",
+              "| --- | --- | --- | --- | --- |"]
     for entry, fact in zip(entries, facts):
         official = fact["miou"].get("official_int8")
         lines.append(f"| {entry.name} | {'-' if official is None else f'{official:.2f}'} | "
-                     f"{entry.published.get('miou_fp32', '-')} | {entry.published.get('miou_int8', '-')} |")
+                     f"{entry.published.get('miou_fp32', '-')} | {entry.published.get('miou_int8', '-')} | "
+                     f"{entry.published_on if entry.published else '-'} |")
+    for fact in facts:
+        if fact.get("class_map"):
+            lines += ["", f"- {fact['name']} is scored zero-shot: its classes are mapped onto the data's through "
+                      f"`{fact['class_map']}`. Its training data is not here, so its own classes are not measured."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +148,7 @@ def plot_charts(entry: ModelEntry, fact: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = entry.class_names
+    names = tuple(fact.get("class_names", entry.class_names))
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(12, 4.5))
     series = [("fp32", "edgeseg FP32"), ("int8", "INT8 per-channel"), ("int8_per_tensor", "INT8 per-tensor"),

@@ -10,7 +10,9 @@ from pathlib import Path
 from edgeseg import __version__
 from edgeseg.backends import DEFAULT_MODEL, OpenedModel, torch_available
 from edgeseg.backends import tflite_class_names as tflite_class_names  # re-exported: old import path
+from edgeseg.compat import TARGETS
 from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import parse_size
 
 # Optional packages, and the extra that installs each.
 EXTRAS = {"torch": "torch", "safetensors": "torch", "litert_torch": "export", "ai_edge_quantizer": "export",
@@ -50,13 +52,13 @@ def cmd_models(args: argparse.Namespace) -> None:
     from edgeseg.registry import get_entry, list_models
     from edgeseg.weights import local_weights
 
-    print(f"{'name':<26} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
+    print(f"{'name':<32} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
     for name in list_models(args.pattern):
         entry = get_entry(name)
         local = local_weights(entry.weights)
         where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
         published = f"{entry.published.get('miou_fp32', '-')}/{entry.published.get('miou_int8', '-')}"
-        print(f"{name:<26} {entry.num_classes:>7} {published:>25}  {where}")
+        print(f"{name:<32} {entry.num_classes:>7} {published:>25}  {where}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -84,13 +86,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from edgeseg.data import open_dataset, remap_for
     from edgeseg.evaluate import evaluate, format_table
     from edgeseg.files import check_output_file, write_json
+    from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
 
     if args.json:
         check_output_file(args.json)  # before the work, not after
     dataset = open_dataset(args.voc_root, args.split, args.limit)
+    mapping = load_mapping(args.class_map) if args.class_map else None
     opened = open_model(args)
-    dataset = remap_for(dataset, opened.class_names, args.voc_root)
-    result = evaluate(opened.runtime, dataset, opened.class_names, skip_bad=args.skip_bad)
+    runtime, class_names = opened.runtime, opened.class_names
+    if mapping is not None:  # score the model's classes as the dataset's
+        runtime = MappedRuntime(runtime, mapping_lut(mapping, class_names), len(mapping.dataset_classes))
+        class_names = mapping.dataset_classes
+    else:
+        dataset = remap_for(dataset, class_names, args.voc_root)
+    result = evaluate(runtime, dataset, class_names, skip_bad=args.skip_bad)
     print(f"{opened.description} on {dataset.description}")
     print(format_table(result))
     if args.json:
@@ -112,7 +121,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     options = ExportOptions(
         precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
         calib_root=args.calib_voc_root, calib_split=args.calib_split, calib_count=args.calib_count,
-        weight_ranges=args.weight_ranges,
+        weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
+        input_size=parse_size(args.input_size) if args.input_size else 513,
     ).resolved()  # conflicting options fail here, before the model is built
     model, entry = load_torch_model(args)
     default_name = "_".join([entry.name, options.precision, *export_suffixes(options)])
@@ -127,15 +137,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     if options.precision == "int8":
         print(f"  float compute ops: {report['float_compute_ops'] or 'none'}; "
               f"calibrated on {report['calibration_images']} {options.calib_split} images")
+    if report["exact_weights"]:
+        print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
 
 
 def export_suffixes(options) -> list[str]:
     """Returns file-name parts for every export option that differs from its default."""
+    from edgeseg.export import DEFAULT_ACTIVATION_RANGES
+
     parts = [] if options.output == "argmax" else [options.output]
+    parts += [] if options.input_size == (513, 513) else ["x".join(map(str, options.input_size))]
+    if options.target is not None:
+        return [options.target, *parts]
     if options.precision == "int8":
         parts += [] if options.input == "uint8" else [f"{options.input}_input"]
         parts += [] if options.granularity == "per-channel" else ["per_tensor"]
         parts += [] if options.weight_ranges == "mse" else [f"{options.weight_ranges}_weights"]
+        parts += [] if options.activation_ranges == DEFAULT_ACTIVATION_RANGES[options.granularity] \
+            else [f"{options.activation_ranges}_activations"]
     return parts
 
 
@@ -154,7 +173,7 @@ def cmd_card(args: argparse.Namespace) -> None:
         items = [CardModel(entry, model)]
         dataset = remap_for(dataset, entry.class_names, args.voc_root)
     else:
-        names = [args.model] if args.model else list_models()
+        names = [args.model] if args.model else [n for n in list_models() if _scores_on(get_entry(n), args.class_map)]
         items = []
         for name in names:
             model, entry = load_torch_model(argparse.Namespace(model=name, weights=None))
@@ -163,12 +182,23 @@ def cmd_card(args: argparse.Namespace) -> None:
     facts = []
     for item in items:
         fact = measure(item, dataset, out_dir, calib_root=args.calib_voc_root or args.voc_root,
-                       calib_count=args.calib_count, threads=args.threads, reuse_exports=args.reuse_exports)
+                       calib_count=args.calib_count, threads=args.threads, reuse_exports=args.reuse_exports,
+                       class_map=args.class_map)
         facts.append(fact)
         for path in plot_charts(item.entry, fact, out_dir):
             print(f"wrote {path}", file=sys.stderr)
     path = write_card([item.entry for item in items], facts, data, out_dir)
     print(path.read_text())
+
+
+def _scores_on(entry, class_map: str | None) -> bool:
+    """True if the entry's classes are the data's: VOC's without a class map, else those the map covers."""
+    from edgeseg.labelsets import load_mapping
+    from edgeseg.voc import VOC_CLASSES
+
+    if class_map is None:
+        return entry.class_names == VOC_CLASSES
+    return set(entry.class_names) <= set(load_mapping(class_map).pairs)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -261,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
     p.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    p.add_argument("--class-map", metavar="NAME|FILE.json",
+                   help="score the model's classes as the dataset's through a mapping, e.g. cityscapes-to-camvid")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export FP32 or INT8 .tflite (litert-torch + ai-edge-quantizer)")
@@ -271,10 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 models: uint8 raw pixels (default; scale 1/128, zero point 128), int8, or float32")
     p.add_argument("--output", dest="output_kind", choices=["argmax", "logits"], default="argmax",
                    help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
+    p.add_argument("--target", choices=sorted(TARGETS),
+                   help="device preset: imx8mp = i.MX 8M Plus NPU (per-tensor uint8, raw uint8 pixels in)")
     p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
-                   help="int8 weight quantization (default per-channel)")
+                   help="weights: per-channel int8 (default; CPUs, GPUs) or per-tensor uint8 (NPUs)")
     p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",
-                   help="per-channel weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
+                   help="weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
+    p.add_argument("--activation-ranges", choices=["ema", "mse"],
+                   help="activation ranges: ema (moving min/max) or mse (least squared error); "
+                        "default mse for per-tensor, ema for per-channel")
+    p.add_argument("--input-size", metavar="N|HxW",
+                   help="model input, square N or HxW, e.g. 321 or 360x480 (default 513)")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (VOC folder or images/ + masks/)")
     p.add_argument("--calib-split", default="train", help="calibration split (default train; val warns)")
     p.add_argument("--calib-count", type=positive_int, default=64, help="number of calibration images")
@@ -290,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--limit", type=positive_int, help="only the first N evaluation images")
     p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
+    p.add_argument("--class-map", metavar="NAME|FILE.json",
+                   help="score the models' classes as the data's, e.g. cityscapes-to-camvid")
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("benchmark", help="LiteRT latency: invoke alone and the whole pipeline, per stage")
@@ -303,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.set_defaults(func=cmd_benchmark)
 
-    from edgeseg.train import add_train_parser  # imports torch lazily, inside the command
+    from edgeseg.training.command import add_train_parser  # imports torch lazily, inside the command
 
     add_train_parser(sub)
     return parser

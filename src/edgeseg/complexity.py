@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from edgeseg.models.deeplabv3 import DeepLabHead
-from edgeseg.models.mobilenetv2 import InvertedResidual
 from edgeseg.pipeline import Size, input_hw
 
 # Bilinear interpolation: 4 multiplies and 3 adds per output value; argmax: one compare per class.
@@ -53,9 +52,8 @@ def count_ops(model: nn.Module, input_size: Size = 513) -> OpsCount:
         if module.bias is not None:
             counts["bias_adds"] += output.numel()
 
-    def residual_hook(module: InvertedResidual, _inputs, output: torch.Tensor) -> None:
-        if module.use_residual:
-            counts["residual_adds"] += output.numel()
+    def residual_hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        counts["residual_adds"] += output.numel()
 
     def head_hook(_module: DeepLabHead, inputs, _output) -> None:
         counts["pool_adds"] += inputs[0].numel()
@@ -64,7 +62,7 @@ def count_ops(model: nn.Module, input_size: Size = 513) -> OpsCount:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, InvertedResidual):
+        elif getattr(module, "use_residual", False):  # any family's residual block adds its input
             hooks.append(module.register_forward_hook(residual_hook))
         elif isinstance(module, DeepLabHead):
             hooks.append(module.register_forward_hook(head_hook))

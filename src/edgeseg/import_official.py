@@ -23,16 +23,24 @@ _HEAD_SCOPES = {
     "concat_projection": "head.projection",
     "logits/semantic": "head.classifier",
 }
-_BLOCK = re.compile(r"MobilenetV2/expanded_conv(?:_(\d+))?/(expand|depthwise|project)$")
+_BLOCK = re.compile(r"expanded_conv(?:_(\d+))?/(expand|depthwise|project)$")
 
 
-def torch_module_for(tf_scope: str) -> str:
-    """Returns the torch module path for a TF layer scope, e.g. 'backbone.blocks.3.expand'."""
-    if tf_scope == "MobilenetV2/Conv":
-        return "backbone.stem"
+def torch_module_for(tf_scope: str, backbone_scope: str = "MobilenetV2") -> str:
+    """Returns the torch module path for a TF layer scope, e.g. 'backbone.blocks.3.expand'.
+
+    `backbone_scope` is the TF name of the backbone ('MobilenetV2', 'MobilenetEdgeTPU'); both name their
+    stem `Conv`, their blocks `expanded_conv_<i>/{expand,depthwise,project}` and a final 1x1 `Conv_1`.
+    """
     if tf_scope in _HEAD_SCOPES:
         return _HEAD_SCOPES[tf_scope]
-    match = _BLOCK.match(tf_scope)
+    prefix = backbone_scope + "/"
+    local = tf_scope[len(prefix):] if tf_scope.startswith(prefix) else None
+    if local == "Conv":
+        return "backbone.stem"
+    if local == "Conv_1":
+        return "backbone.last"
+    match = _BLOCK.match(local or "")
     if match is None:
         raise EdgesegError(f"unexpected layer {tf_scope!r} in the official file")
     return f"backbone.blocks.{int(match.group(1) or 0)}.{match.group(2)}"
@@ -43,7 +51,7 @@ def layer_scope(weight_name: str) -> str:
     return re.sub(r"/(Conv2D_Fold|depthwise_Fold|Conv2D|weights)$", "", scope)
 
 
-def state_dict_from_tflite(path: str | Path) -> dict[str, torch.Tensor]:
+def state_dict_from_tflite(path: str | Path, backbone_scope: str = "MobilenetV2") -> dict[str, torch.Tensor]:
     """Returns {torch name: float tensor} for every conv in the file (OIHW layout, BN folded)."""
     tfl = TFLiteFile(path)
     state: dict[str, torch.Tensor] = {}
@@ -51,7 +59,7 @@ def state_dict_from_tflite(path: str | Path) -> dict[str, torch.Tensor]:
         if op.type not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
         weight, bias = tfl.tensors[op.inputs[1]], tfl.tensors[op.inputs[2]]
-        module = torch_module_for(layer_scope(weight.name))
+        module = torch_module_for(layer_scope(weight.name), backbone_scope)
         w = weight.dequantized()
         # TFLite: conv OHWI, depthwise 1HWC. torch: OIHW, depthwise C1HW.
         w = w.transpose(3, 0, 1, 2) if op.type == "DEPTHWISE_CONV_2D" else w.transpose(0, 3, 1, 2)

@@ -7,9 +7,12 @@ for them, and carries the numbers published for it next to the numbers edgeseg m
 from __future__ import annotations
 
 import fnmatch
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeseg.errors import EdgesegError
+from edgeseg.labelsets import CITYSCAPES_CLASSES
 from edgeseg.voc import VOC_CLASSES
 
 
@@ -34,19 +37,57 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class Family:
+    """An architecture family: how to build its torch model and where its layers sit in official files.
+
+    `builder` is a callable, or "module:function" imported only when a model is built (the registry
+    itself needs no torch). It is called as builder(num_classes=..., **entry.arch).
+    """
+
+    name: str
+    builder: Callable | str
+    tf_backbone_scope: str  # e.g. "MobilenetV2": the importer maps "<scope>/expanded_conv_3/..." to torch
+
+    def build(self, num_classes: int, **arch):
+        builder = self.builder
+        if isinstance(builder, str):
+            module, _, function = builder.partition(":")
+            builder = getattr(importlib.import_module(module), function)
+        return builder(num_classes=num_classes, **arch)
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} is registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise EdgesegError(f"unknown model family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One zoo entry. `published` is copied from the source; `measured` comes from edgeseg's own runs."""
 
     name: str
     architecture: str
     backbone: str
-    width_mult: float
+    family: str  # a registered Family
+    arch: dict  # the family builder's keyword arguments, e.g. {"width_mult": 0.5}
     dataset: str
     weights: WeightsFile
     class_names: tuple[str, ...] = VOC_CLASSES
-    output_stride: int = 16
     preprocess: Preprocess = field(default_factory=Preprocess)
     published: dict[str, float] = field(default_factory=dict)
+    published_on: str = "PASCAL VOC 2012 val, 1,449 images"  # the data `published` was measured on
     measured: dict[str, object] = field(default_factory=dict)
     license: str = "Apache-2.0"
 
@@ -78,6 +119,9 @@ def get_entry(name: str) -> ModelEntry:
         raise EdgesegError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
+register_family(Family("deeplabv3_mobilenet_v2", "edgeseg.models.deeplabv3:deeplabv3_mobilenet_v2", "MobilenetV2"))
+register_family(Family("deeplab_edgetpu", "edgeseg.models.deeplabv3:deeplab_edgetpu_slim", "MobilenetEdgeTPU"))
+
 _CORAL = "https://github.com/google-coral/test_data/raw/master/"
 VOC_SUBSET = "VOC12 val subset (166 of 1,449 images), 513x513"
 
@@ -86,7 +130,8 @@ register(
         name="deeplabv3_mnv2_dm05_voc",
         architecture="DeepLabV3",
         backbone="MobileNetV2 (depth multiplier 0.5, output stride 16)",
-        width_mult=0.5,
+        family="deeplabv3_mobilenet_v2",
+        arch={"width_mult": 0.5, "output_stride": 16},
         dataset="PASCAL VOC 2012 (COCO-pretrained, train_aug)",
         weights=WeightsFile(
             filename="deeplabv3_mnv2_dm05_pascal_quant.tflite",
@@ -106,7 +151,8 @@ register(
         name="deeplabv3_mnv2_dm10_voc",
         architecture="DeepLabV3",
         backbone="MobileNetV2 (depth multiplier 1.0, output stride 16)",
-        width_mult=1.0,
+        family="deeplabv3_mobilenet_v2",
+        arch={"width_mult": 1.0, "output_stride": 16},
         dataset="PASCAL VOC 2012 (COCO-pretrained, train_aug)",
         weights=WeightsFile(
             filename="deeplabv3_mnv2_pascal_quant.tflite",
@@ -117,5 +163,26 @@ register(
         published={"miou_fp32": 75.32, "miou_int8": 74.26},
         measured={"params": 2097013, "ops": 5525117901, "fp32_bytes": 8462540, "int8_bytes": 2623160,
                   "miou_fp32": 72.77, "miou_int8": 72.10, "miou_data": VOC_SUBSET},
+    )
+)
+
+register(
+    ModelEntry(
+        name="deeplab_edgetpu_slim_cityscapes",
+        architecture="DeepLab (aspp0 + image pooling, 128 channels)",
+        backbone="MobileNet-EdgeTPU (fused 3x3 expansion early, depthwise later; output stride 16)",
+        family="deeplab_edgetpu",
+        arch={"output_stride": 16},
+        dataset="Cityscapes (19 train ids)",
+        weights=WeightsFile(
+            filename="deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite",
+            url=_CORAL + "deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite",
+            sha256="322fe29945cb1693f426952f2a330ab67ea5678545ddee6f2548e0cfd0ca03e5",
+            num_bytes=2157328,
+        ),
+        class_names=CITYSCAPES_CLASSES,
+        # TF DeepLab g3doc/model_zoo.md: the float checkpoint, Cityscapes val at full resolution, OS 16.
+        published={"miou_fp32": 73.2, "gmacs_full_res": 4.3},
+        published_on="Cityscapes val, full resolution (TF DeepLab model_zoo.md; float checkpoint)",
     )
 )

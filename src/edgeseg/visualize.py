@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from edgeseg.voc import voc_palette
+from edgeseg.labelsets import palette_for
 
 
-def label_image(labels: np.ndarray, palette: np.ndarray | None = None) -> Image.Image:
-    """Returns the labels as a palette ('P') image: indices stay indices, colours come from the palette."""
-    palette = voc_palette() if palette is None else palette
+def label_image(labels: np.ndarray, palette: np.ndarray | None = None,
+                class_names: tuple[str, ...] = ()) -> Image.Image:
+    """Returns the labels as a palette ('P') image: indices stay indices, colours come from the palette
+    (default: the class names' own, e.g. Cityscapes colours, else VOC's)."""
+    palette = palette_for(class_names) if palette is None else palette
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     img.putpalette(palette[:256].reshape(-1).tolist())
     return img
@@ -35,11 +37,12 @@ def overlay(
     palette: np.ndarray | None = None, alpha: float = 0.55,
 ) -> Image.Image:
     """Returns the image blended with the class colours, with a legend panel on the right."""
-    palette = voc_palette() if palette is None else palette
+    palette = palette_for(class_names) if palette is None else palette
     colours = palette[labels]
     blended = pixels.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    # Background stays as the photo so the objects stand out.
-    blended = np.where(labels[..., None] == 0, pixels, blended).astype(np.uint8)
+    if class_names[:1] == ("background",):  # background stays as the photo so the objects stand out
+        blended = np.where(labels[..., None] == 0, pixels, blended)
+    blended = blended.astype(np.uint8)
     height, width = labels.shape
     shares = class_shares(labels, class_names)
     font_size = max(12, height // 30)

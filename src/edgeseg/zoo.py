@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path
-from edgeseg.registry import ModelEntry, get_entry
+from edgeseg.registry import ModelEntry, get_entry, get_family
 from edgeseg.weights import cache_dir, resolve_weights
 
 
@@ -39,19 +39,14 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
     cached = cache_dir() / f"{entry.name}-{entry.weights.sha256[:12]}.safetensors"
     if cached.is_file():
         return load_file(cached)
-    state = state_dict_from_tflite(resolve_weights(entry.weights))
+    state = state_dict_from_tflite(resolve_weights(entry.weights), get_family(entry.family).tf_backbone_scope)
     _atomic_save_safetensors(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
     return state
 
 
 def build_model(entry: ModelEntry, num_classes: int | None = None):
-    """Returns an untrained torch model with the entry's architecture."""
-    from edgeseg.models import deeplabv3_mobilenet_v2
-
-    return deeplabv3_mobilenet_v2(
-        width_mult=entry.width_mult, num_classes=num_classes or entry.num_classes,
-        output_stride=entry.output_stride,
-    )
+    """Returns an untrained torch model with the entry's architecture (its family's builder)."""
+    return get_family(entry.family).build(num_classes or entry.num_classes, **entry.arch)
 
 
 def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, ...] | None = None):

@@ -52,3 +52,11 @@ def deeplabv3_mobilenet_v2(*, width_mult: float, num_classes: int, output_stride
     """Builds an untrained DeepLabV3-MobileNetV2 for any number of classes."""
     backbone = MobileNetV2(width_mult=width_mult, output_stride=output_stride)
     return DeepLabV3(backbone, DeepLabHead(backbone.out_channels, num_classes))
+
+
+def deeplab_edgetpu_slim(*, num_classes: int, output_stride: int = 16) -> DeepLabV3:
+    """Builds an untrained EdgeTPU-DeepLab-slim: MobileNet-EdgeTPU backbone, 128-channel head."""
+    from edgeseg.models.mobilenet_edgetpu import MobileNetEdgeTPU
+
+    backbone = MobileNetEdgeTPU(output_stride=output_stride)
+    return DeepLabV3(backbone, DeepLabHead(backbone.out_channels, num_classes, depth=128))
