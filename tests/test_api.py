@@ -112,6 +112,7 @@ def test_default_zoo_model_needs_no_extra():
     extras = ("torch", "safetensors", "litert_torch", "ai_edge_quantizer", "matplotlib", "av", "skimage")
     code = ("import sys, numpy as np, edgeseg; r = edgeseg.Segmenter()(np.zeros((8, 8, 3), np.uint8)); "
             f"print(r.backend, sorted(m for m in sys.modules if m.split('.')[0] in {extras!r}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")}).stdout
-    assert out.split() == ["litert", "[]"]
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")})
+    assert run.stdout.split() == ["litert", "[]"]
+    assert run.stderr == ""  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line is filtered out

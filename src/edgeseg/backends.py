@@ -9,7 +9,11 @@ runtime and its class names. Nothing here imports torch unless the torch backend
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +30,37 @@ def _open_litert(source: object, *, threads: int | None = None, delegate: str | 
         raise EdgesegError("the litert backend runs a .tflite file; got a model object")
     from edgeseg.runtimes.litert import LiteRTRuntime
 
-    return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
+    with _without_litert_info():
+        return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
+
+
+_LITERT_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate"
+
+
+@contextmanager
+def _without_litert_info() -> Iterator[None]:
+    """Drops the "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line that LiteRT's C++ code writes to
+    stderr on every load; anything else it writes there is passed on."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by a Python object (pytest's capsys, IDEs)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith(_LITERT_INFO))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def _open_torch(source: object, *, num_classes: int | None = None, name: str = "torch", **_: object) -> Runtime:
