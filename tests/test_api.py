@@ -116,3 +116,14 @@ def test_default_zoo_model_needs_no_extra():
                          env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")})
     assert run.stdout.split() == ["litert", "[]"]
     assert run.stderr == ""  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line is filtered out
+
+
+def test_cli_predict_imports_no_torch(tmp_path):
+    """`edgeseg predict` with a zoo model starts in about a second: building the parser (all subcommands,
+    `train` included) and predicting must not import torch (a 5-10 s import on a small machine)."""
+    code = ("import sys; from edgeseg.cli import main; "
+            f"code = main(['predict', {str(PHOTO)!r}, '-o', {str(tmp_path)!r}]); "
+            "print(code, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")})
+    assert run.stdout.split()[-2:] == ["0", "False"], run.stderr
