@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,22 @@ def test_torch_backend_names_itself(dm05_model):
     result = seg(np.zeros((40, 60, 3), np.uint8))
     assert (result.backend, seg.description) == ("torch", "deeplabv3_mnv2_dm05_voc (PyTorch FP32)")
     assert result.labels.shape == (40, 60)
+
+
+def test_fine_tuned_checkpoint_runs_with_torch(tmp_path):
+    from edgeseg.registry import get_entry
+    from edgeseg.zoo import create_model, save_checkpoint
+
+    names = ("background", "person")
+    entry = get_entry("deeplabv3_mnv2_dm05_voc")
+    model = create_model(entry.name, class_names=names)
+    save_checkpoint(model, tmp_path / "best.safetensors", replace(entry, class_names=names), entry.name)
+    seg = edgeseg.Segmenter(weights=tmp_path / "best.safetensors")
+    assert (seg.backend, seg.model, seg.class_names) == ("torch", "best.safetensors", names)
+    assert set(seg(PHOTO).shares()) <= set(names)
+    assert edgeseg.Segmenter(tmp_path / "best.safetensors").backend == "torch"  # found by its suffix
+    with pytest.raises(EdgesegError, match="export it to .tflite"):
+        edgeseg.Segmenter(weights=tmp_path / "best.safetensors", backend="litert")
 
 
 def test_default_zoo_model_needs_no_extra():
