@@ -83,8 +83,7 @@ class VideoInput:
         if not self.container.streams.video:
             self.container.close()
             raise EdgesegError(f"{self.source}: no video stream in this file")
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
+        self.stream = self.container.streams.video[0]  # FFmpeg's default threading: frame threads cost CPU
         context = self.stream.codec_context
         self.width, self.height = int(context.width), int(context.height)
         if self.width < 1 or self.height < 1:
