@@ -168,3 +168,15 @@ def test_folder_keeps_its_layout_and_json_names_model_and_backend(tmp_path, caps
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty")]) == 2
     assert "no images or videos in it" in capsys.readouterr().err
+
+
+def test_an_image_on_standard_input(tmp_path, capsys, monkeypatch):
+    import io
+
+    image = sorted(CAMVID.glob("0016E5_*.jpg"))[0]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(image.read_bytes())))
+    assert main(["predict", "-", "-o", str(tmp_path)]) == 0
+    assert "-: background" in capsys.readouterr().out and (tmp_path / "stdin_overlay.png").is_file()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"garbage")))
+    assert main(["predict", "-", "-o", str(tmp_path / "x")]) == 2
+    assert "standard input: cannot read image (7 bytes, no known image format)" in capsys.readouterr().err

@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Images give <name>_labels.png (class indices) and <name>_overlay.png; "
                                    "videos give <name>_overlay.mp4 (needs pip install 'edgeseg[video]'); "
                                    "a folder keeps its layout under the output folder.")
-    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT", help="image or video files, or folders")
+    p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
+                   help="image or video files, folders, or - for an image on standard input")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", action="store_true", help="folders: include their subfolders")

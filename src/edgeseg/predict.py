@@ -9,15 +9,20 @@ Every file is written under a temp name and renamed when complete.
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import ImageOps
 
 from edgeseg.api import Segmenter
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, check_output_file, ensure_writable_dir, write_json
 from edgeseg.video import VIDEO_SUFFIXES, is_video
 
+STDIN = "-"  # an input named "-" is an image read from standard input, written as stdin_*.png
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -36,6 +41,9 @@ def plan_jobs(inputs: list[Path], out_dir: Path, *, recursive: bool = False) -> 
     too with `recursive`), each written at its path relative to that folder under `out_dir`."""
     jobs = []
     for path in inputs:
+        if str(path) == STDIN:
+            jobs.append(Job(STDIN, out_dir, "stdin"))
+            continue
         if not path.is_dir():
             jobs.append(Job(str(path), out_dir, path.stem))
             continue
@@ -60,9 +68,26 @@ def _shares_text(shares: dict[str, float]) -> str:
     return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items())
 
 
+def read_stdin_image() -> np.ndarray:
+    """Returns the image piped to standard input as uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    from edgeseg.pipeline import to_rgb
+
+    data = sys.stdin.buffer.read()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except UnidentifiedImageError:
+        raise EdgesegError(f"standard input: cannot read image ({len(data)} bytes, no known image format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise EdgesegError(f"standard input: cannot read image ({exc})") from None
+
+
 def predict_image(seg: Segmenter, job: Job) -> dict:
     """Segments one image file and writes its label map and overlay; returns its JSON record."""
-    result = seg(job.source)
+    result = seg(read_stdin_image() if job.source == STDIN else job.source)
     ensure_writable_dir(job.out_dir)
     outputs = [job.out_dir / f"{job.stem}_labels.png", job.out_dir / f"{job.stem}_overlay.png"]
     with atomic_path(outputs[0]) as tmp:
