@@ -3,7 +3,7 @@
     import edgeseg
     seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc")
     result = seg("photo.jpg")
-    print(result.shares())          # {'person': 0.31, 'background': 0.62, ...}
+    print(result.shares())          # {'background': 0.62, 'person': 0.31, ...}, largest first
     result.overlay().save("overlay.png")
 
 Images are RGB. A numpy array must be uint8 (H, W, 3) RGB, or (H, W) / (H, W, 1) greyscale, or

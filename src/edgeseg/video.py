@@ -62,7 +62,7 @@ class VideoInput:
 
     def __init__(self, source: str | os.PathLike | int, *, camera: bool = False) -> None:
         av = require_av()
-        self.camera = camera or isinstance(source, int)
+        self.camera = camera or isinstance(source, int) or str(source).startswith("/dev/video")
         self.source = camera_device(source) if self.camera else str(source)
         options: dict = {}
         if self.camera and self.source.startswith("/dev/"):
