@@ -253,3 +253,15 @@ def test_channel_scales_requantize_grid_weights_exactly(rng):
     assert error(wide, channel_scales(wide, axis=0)) <= error(wide, minmax)
     plain = rng.normal(size=(4, 1, 1, 16))  # no grid: clipping search, never wider than min/max
     assert np.all(channel_scales(plain, axis=0) <= np.abs(plain).reshape(4, -1).max(1) / 127 + 1e-12)
+
+
+def test_activation_ranges_shrink_only_where_it_lowers_the_error():
+    from edgeseg.activation_ranges import BINS, best_range
+
+    spread = np.full(BINS, 100.0)  # values fill the whole range: clipping any of it costs more than it saves
+    assert best_range(spread, -4.0, 4.0) == (-4.0, 4.0)
+    tail = np.zeros(BINS)
+    tail[: BINS // 4] = 1e6  # almost everything in [0, 1.5), one rare value near 6
+    tail[-1] = 1
+    low, high = best_range(tail, 0.0, 6.0)
+    assert low == 0.0 and high < 6.0

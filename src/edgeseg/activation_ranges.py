@@ -54,7 +54,7 @@ def best_range(hist: np.ndarray, low: float, high: float, levels: int = 256) -> 
             zero_point = np.round(-lo / scale)
             dequantized = (np.clip(np.round(centers / scale) + zero_point, 0, levels - 1) - zero_point) * scale
             error = (hist * (dequantized - centers) ** 2).sum()
-            if error < best_error - 1e-12 * abs(best_error):
+            if error < best_error:
                 best, best_error = (lo, hi), error
     return best
 
