@@ -41,3 +41,39 @@ def test_foreign_or_broken_checkpoints_are_clear_errors(tmp_path):
         checkpoint_entry(tmp_path / "broken.safetensors")
     with pytest.raises(EdgesegError, match="no such file"):
         checkpoint_entry(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "zero", "no-digest"])
+def test_a_damaged_weights_cache_is_rebuilt_from_the_official_file(tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path))
+    reference = create_model(NAME).state_dict()
+    (cached,) = tmp_path.glob("*.safetensors")
+    data = bytearray(cached.read_bytes())
+    if damage == "flip":  # a few bytes of weights, past the header
+        for offset in (len(data) // 2, len(data) // 2 + 7, len(data) - 5):
+            data[offset] ^= 0xFF
+    elif damage == "truncate":
+        data = data[: len(data) // 3]
+    elif damage == "zero":
+        data = bytearray()
+    else:
+        save_file(reference, str(cached))  # a plain file with no digest: unverifiable
+        data = bytearray(cached.read_bytes())
+    cached.write_bytes(bytes(data))
+    capsys.readouterr()
+    rebuilt = create_model(NAME).state_dict()
+    assert "rebuilding the weights cache" in capsys.readouterr().err
+    assert all(torch.equal(rebuilt[k], reference[k]) for k in reference)
+    create_model(NAME)  # the rebuilt cache verifies: no second warning
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path):
+    model = create_model(NAME, class_names=("background", "person"))
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(model, path, get_entry(NAME), NAME)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EdgesegError, match="damaged"):
+        load_checkpoint(path)

@@ -23,22 +23,68 @@ def official_tflite(name: str) -> Path:
     return resolve_weights(entry.weights)
 
 
+DIGEST_KEY = "edgeseg_tensors_sha256"  # safetensors metadata: a hash of every tensor, written with them
+
+
+def tensors_digest(tensors: dict) -> str:
+    """Returns the sha256 of every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Writes the tensors atomically, with a digest of them in the metadata for `read_verified`."""
     from safetensors.torch import save_file
 
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})
+
+
+def read_verified(path: Path) -> tuple[dict, dict[str, str]]:
+    """Returns (tensors, metadata) of a safetensors file, or raises a one-line error naming the file
+    if it cannot be read or its tensors do not match the digest written with them."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged or foreign file
+        raise EdgesegError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    if DIGEST_KEY in metadata and tensors_digest(tensors) != metadata[DIGEST_KEY]:
+        raise EdgesegError(f"{path}: damaged (its tensors do not match the digest written with them)")
+    return tensors, metadata
 
 
 def pretrained_state_dict(entry: ModelEntry) -> dict:
-    """Returns the float state dict imported from the official file (cached as safetensors)."""
-    from safetensors.torch import load_file
+    """Returns the float state dict imported from the official file (cached as safetensors).
+
+    The cache is verified on every read; a damaged or unverifiable one is rebuilt from the official file,
+    itself checked against its sha256.
+    """
+    import sys
 
     from edgeseg.import_official import state_dict_from_tflite
 
     cached = cache_dir() / f"{entry.name}-{entry.weights.sha256[:12]}.safetensors"
     if cached.is_file():
-        return load_file(cached)
+        try:
+            state, metadata = read_verified(cached)
+            if metadata.get(DIGEST_KEY) and metadata.get("sha256") == entry.weights.sha256:
+                return state
+            problem = "written without a digest"
+        except EdgesegError as exc:
+            problem = str(exc)
+        print(f"warning: rebuilding the weights cache: {problem}", file=sys.stderr)
     state = state_dict_from_tflite(resolve_weights(entry.weights), get_family(entry.family).tf_backbone_scope)
     _atomic_save_safetensors(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
     return state
@@ -106,7 +152,7 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as exc:  # noqa: BLE001 - any parse error means "not a checkpoint"
-        raise EdgesegError(f"{path}: not a safetensors checkpoint ({exc})") from None
+        raise EdgesegError(f"{path}: not a safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
     if "edgeseg_base" not in metadata or "class_names" not in metadata:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
     base = get_entry(metadata["edgeseg_base"])
@@ -117,9 +163,7 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
 
 def load_checkpoint(path: str | Path):
     """Returns (torch model, entry) for a fine-tuned checkpoint."""
-    from safetensors.torch import load_file
-
     entry = checkpoint_entry(path)
     model = build_model(entry)
-    load_state_checked(model, load_file(str(path)), str(path))
+    load_state_checked(model, read_verified(Path(path))[0], str(path))
     return model, entry
