@@ -16,9 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import Runtime
+
+if TYPE_CHECKING:
+    from edgeseg.registry import ModelEntry
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 BACKENDS = ("litert", "torch")
@@ -172,7 +176,7 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     return OpenedModel(runtime, entry.class_names, f"{entry.name} (PyTorch FP32)", entry.name, "torch")
 
 
-def load_torch_model(model: str | None = None, weights: str | Path | None = None):
+def load_torch_model(model: str | None = None, weights: str | Path | None = None) -> tuple[Any, ModelEntry]:
     """Returns (torch model, registry entry) for a zoo name or a fine-tuned checkpoint (needs torch)."""
     if not torch_available():
         raise EdgesegError("the PyTorch model needs PyTorch: pip install 'edgeseg[torch]'")

@@ -10,6 +10,7 @@ Every file is written under a temp name and renamed when complete.
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,17 +113,23 @@ def predict_video(seg: Segmenter, job: Job, *, every: int = 1, max_frames: int |
     with open_video(job.source, camera=job.camera) as video:
         stem = output_name(video.source, True) if job.camera else job.stem
         target = check_output_file(job.out_dir / f"{stem}_overlay.mp4")
-        on_frame = None
+        on_frame, labels_dir = None, job.out_dir / f"{stem}_labels"
+        created = frame_labels and not labels_dir.exists()
         if frame_labels:
-            labels_dir = ensure_writable_dir(job.out_dir / f"{stem}_labels")
+            ensure_writable_dir(labels_dir)
 
             def on_frame(index, labels):
                 with atomic_path(labels_dir / f"{index:06d}.png") as tmp:
                     label_image(labels).save(tmp, format="PNG")
 
-        stats = segment_video(video, seg.runtime, target, seg.class_names, every=every, max_frames=max_frames,
-                              progress=progress, on_frame=on_frame)
-    shares = dict(list(stats.shares.items()))
+        try:
+            stats = segment_video(video, seg.runtime, target, seg.class_names, every=every,
+                                  max_frames=max_frames, progress=progress, on_frame=on_frame)
+        except EdgesegError:
+            if created:  # no half-written results: the label maps go with the video
+                shutil.rmtree(labels_dir, ignore_errors=True)
+            raise
+    shares = stats.shares
     status = "interrupted: " if stats.interrupted else ""
     print(f"{job.source}: {status}{stats.summary()} [{seg.model}, {seg.backend}] -> {stats.output}", flush=True)
     print(f"{job.source}: {_shares_text(shares)} (all frames)", flush=True)
