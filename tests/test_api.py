@@ -144,3 +144,15 @@ def test_cli_predict_imports_no_torch(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "EDGESEG_MIRROR": str(SHARED / "models")})
     assert run.stdout.split()[-2:] == ["0", "False"], run.stderr
+
+
+def test_version_and_defaults_in_help(capsys):
+    from edgeseg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"edgeseg {edgeseg.__version__}"
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "output folder (default: predictions)" in text and "(default: None)" not in text
