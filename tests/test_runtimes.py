@@ -10,7 +10,7 @@ from edgeseg.runtimes.torch import TorchRuntime
 
 def test_official_file_feeds_raw_pixels(dm05_official):
     runtime = LiteRTRuntime(dm05_official)
-    assert runtime.input_size == 513 and not runtime.outputs_logits
+    assert runtime.input_size == (513, 513) and not runtime.outputs_logits
     # uint8 input with scale 1/128, zero point 128: the deployed convention is q = pixel, pad = 128.
     assert runtime._lut.tolist() == list(range(256)) and runtime._pad == 128
 
@@ -60,3 +60,14 @@ def test_pixel_input_rule_depends_on_the_dtype():
     values = np.array([0, 128, 255]) * 2 / 255 - 1
     assert _quantize_values(values, 1 / 100, 3, np.int8).tolist() == [-97, 3, 103]
     assert _quantize_values(np.array([-0.25, 0.25, 9.0]), 0.5, 0, np.int8).tolist() == [-1, 1, 18]
+
+
+def test_threads_out_of_range_and_a_file_that_is_not_a_delegate(dm05_official, tmp_path, capfd):
+    with pytest.raises(EdgesegError, match=r"--threads must be 1\.\.256"):
+        LiteRTRuntime(dm05_official, num_threads=100000)
+    fake = tmp_path / "libfake_delegate.so"
+    fake.write_bytes(b"\x7fELF not really")
+    with pytest.raises(EdgesegError, match="not a shared library"):
+        LiteRTRuntime(dm05_official, delegate=fake)
+    LiteRTRuntime(dm05_official, num_threads=1)
+    assert "XNNPACK" not in capfd.readouterr().err  # LiteRT's INFO line is not shown

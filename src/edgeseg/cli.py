@@ -34,7 +34,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser)
     parser.add_argument("--backend", choices=["litert", "torch"],
                         help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=threads_int, default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
 
 
@@ -201,6 +201,14 @@ def _scores_on(entry, class_map: str | None) -> bool:
     return set(entry.class_names) <= set(load_mapping(class_map).pairs)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (`edgeseg: error: ...`, exit 2), without the usage."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Adds "(default: X)" to an option's help when it has a real default the help text does not mention."""
 
@@ -212,15 +220,22 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def int_in(low: int, high: int):
+    """Returns an argparse type: a whole number in low..high, the range named in the error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {low}..{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_in(1, 10**9)  # counts: at least 1, and bounded so that no option can overflow
+threads_int = int_in(1, 256)  # LiteRT segfaults on absurd thread counts
 
 
 def _thread_list(text: str) -> list[int]:
@@ -228,8 +243,8 @@ def _thread_list(text: str) -> list[int]:
         threads = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated thread counts, got {text!r}") from None
-    if not threads or min(threads) < 1:
-        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {text!r}")
+    if not threads or min(threads) < 1 or max(threads) > 256:
+        raise argparse.ArgumentTypeError(f"thread counts must be 1..256, got {text!r}")
     return threads
 
 
@@ -253,7 +268,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeseg", description=__doc__)
+    parser = OneLineErrorParser(prog="edgeseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -327,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("card_out"), help="folder for card, exports, charts")
     p.add_argument("--calib-voc-root", type=Path, help="calibration data (default: --voc-root, train split)")
     p.add_argument("--calib-count", type=positive_int, default=64)
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=threads_int, default=2)
     p.add_argument("--limit", type=positive_int, help="only the first N evaluation images")
     p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
     p.add_argument("--class-map", metavar="NAME|FILE.json",
@@ -338,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, help=".tflite files")
     p.add_argument("--threads", type=_thread_list, default=[1, 2], help="comma-separated, e.g. 1,2,4")
     p.add_argument("--runs", type=positive_int, default=30)
-    p.add_argument("--warmup", type=int, choices=range(0, 1000), metavar="N", default=5)
+    p.add_argument("--warmup", type=int_in(0, 1000), metavar="N", default=5)
     p.add_argument("--delegate", type=Path, help="external delegate library, e.g. /usr/lib/libvx_delegate.so")
     p.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE,
                    help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")
@@ -370,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeseg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # e.g. a full disk or an unreadable file outside the places that say more
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"edgeseg: error: {exc.strerror or exc}{':' if where else ''}{where}", file=sys.stderr)
+        return 2
     return 0
 
 

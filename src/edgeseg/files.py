@@ -49,7 +49,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise EdgesegError(f"cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:  # a full disk or a vanished folder while writing: one line, nothing left
+            raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
         try:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
             os.replace(tmp, path)

@@ -6,6 +6,9 @@ files and edgeseg's exports. Needs only numpy, Pillow and ai-edge-litert.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,25 @@ from ai_edge_litert.interpreter import Interpreter, load_delegate
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import DEEPLAB, labels_from_logits, normalize_and_pad
 from edgeseg.registry import Preprocess
+
+MAX_THREADS = 256  # far above any edge CPU; LiteRT crashes on absurd counts (100000 segfaults)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Sends what native code writes to file descriptor 2 to /dev/null for the duration."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _quantize_values(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
@@ -38,14 +60,15 @@ class LiteRTRuntime:
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgesegError(f"{self.path}: {'a folder, not a file' if self.path.is_dir() else 'no such file'}")
-        if num_threads is not None and num_threads < 1:
-            raise EdgesegError(f"--threads must be at least 1, got {num_threads}")
+        if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
+            raise EdgesegError(f"--threads must be 1..{MAX_THREADS}, got {num_threads}")
         delegates = [self._load_delegate(delegate)] if delegate else None
         try:
-            self.interpreter = Interpreter(
-                model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates
-            )
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():  # XNNPACK's "INFO: Created ... delegate" line on every run
+                self.interpreter = Interpreter(
+                    model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates
+                )
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EdgesegError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
         self.name = f"litert:{self.path.name}"
@@ -76,6 +99,13 @@ class LiteRTRuntime:
     def _load_delegate(path: str | Path):
         if not Path(path).is_file():
             raise EdgesegError(f"delegate library {path} not found (on i.MX 8M Plus: /usr/lib/libvx_delegate.so)")
+        # Check the library first: LiteRT's Delegate object prints a traceback from __del__ when loading fails.
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise EdgesegError(f"cannot load delegate {path}: not a shared library ({exc})") from None
+        if not hasattr(library, "tflite_plugin_create_delegate"):
+            raise EdgesegError(f"{path} is not a TFLite delegate (no tflite_plugin_create_delegate symbol)")
         try:
             return load_delegate(str(path))
         except (ValueError, OSError, RuntimeError) as exc:
