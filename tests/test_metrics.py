@@ -34,7 +34,7 @@ def test_absent_class_is_nan_and_left_out_of_the_mean():
 
 def test_rejects_labels_outside_the_class_range_and_shape_mismatch():
     cm = ConfusionMatrix(2)
-    with pytest.raises(ValueError, match="label 5"):
+    with pytest.raises(ValueError, match=r"labels \[5\] outside 0\.\.1"):
         cm.update(np.array([5]), np.array([0]))
     with pytest.raises(ValueError, match="shape"):
         cm.update(np.zeros((2, 2)), np.zeros((2, 3)))

@@ -63,23 +63,25 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from edgeseg.api import Segmenter
-    from edgeseg.files import check_output_file, ensure_writable_dir
+    from edgeseg.files import check_output_file, ensure_writable_dir, removing_new_folders
     from edgeseg.predict import Job, plan_jobs, run_predict
 
     if not args.inputs and args.camera is None:
         raise EdgesegError("nothing to segment: name images, folders or videos, or --camera N")
-    if args.json:
-        check_output_file(args.json)  # before the work, not after
-    out_dir = ensure_writable_dir(args.output)
-    jobs = plan_jobs(args.inputs, out_dir, recursive=args.recursive)
-    if args.camera is not None:
-        from edgeseg.video import camera_device
+    jobs = plan_jobs(args.inputs, args.output, recursive=args.recursive)
+    folders = [args.output, *(job.out_dir for job in jobs), *([args.json.parent] if args.json else [])]
+    with removing_new_folders(folders):  # a failed predict leaves no empty folder it created
+        if args.json:
+            check_output_file(args.json)  # before the work, not after
+        out_dir = ensure_writable_dir(args.output)
+        if args.camera is not None:
+            from edgeseg.video import camera_device
 
-        jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
-    seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
-                    threads=args.threads)
-    run_predict(seg, jobs, json_path=args.json, every=args.every, max_frames=args.max_frames,
-                frame_labels=args.frame_labels, progress=not args.no_progress)
+            jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
+        seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
+                        threads=args.threads)
+        run_predict(seg, jobs, json_path=args.json, every=args.every, max_frames=args.max_frames,
+                    frame_labels=args.frame_labels, progress=not args.no_progress)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -90,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.json:
         check_output_file(args.json)  # before the work, not after
-    dataset = open_dataset(args.voc_root, args.split, args.limit)
+    dataset = open_dataset(args.voc_root, args.split, args.limit, allow_missing=args.skip_bad)
     mapping = load_mapping(args.class_map) if args.class_map else None
     opened = open_model(args)
     runtime, class_names = opened.runtime, opened.class_names

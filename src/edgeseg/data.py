@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image
@@ -26,27 +26,48 @@ class Sample:
     mask_path: Path
 
 
+ORIENTATION = 0x0112  # the EXIF tag; 1 (or none) = stored upright
+
+
+def exif_orientation(path: str | Path) -> int:
+    """Returns the file's EXIF orientation (1..8; 1 when absent or unreadable: load_* report those)."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def load_mask(path: str | Path) -> np.ndarray:
-    """Returns the mask's label indices as uint8 (H, W). Palette ('P') and greyscale ('L') masks only."""
+    """Returns the mask's label indices as uint8 (H, W), its EXIF orientation applied as for images.
+    Palette ('P') and greyscale ('L') masks only."""
     try:
         with Image.open(path) as mask:
             if mask.mode not in ("P", "L"):
                 raise EdgesegError(f"{path}: mask mode {mask.mode}, expected a palette (P) or index (L) PNG")
-            return np.asarray(mask, dtype=np.uint8).copy()
+            mask.load()
+            return np.asarray(ImageOps.exif_transpose(mask), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise EdgesegError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise EdgesegError(f"{path}: a folder, not a mask") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise EdgesegError(f"{path}: cannot read mask ({exc})") from None
 
 
 class SegmentationFolder:
-    """A list of (image, mask) samples; `VOC(root, split)` and `ImageMaskFolders(dir)` build one."""
+    """A list of (image, mask) samples; `VOC(root, split)` and `ImageMaskFolders(dir)` build one.
 
-    def __init__(self, samples: list[Sample], description: str) -> None:
+    Missing files are one error here, before any work, unless `allow_missing` (evaluate --skip-bad):
+    then `load` reports each missing file as it comes, so that it can be skipped like an unreadable one.
+    """
+
+    def __init__(self, samples: list[Sample], description: str, *, allow_missing: bool = False) -> None:
         self.samples = samples
         self.description = description
         missing = [s for s in samples for p in (s.image_path, s.mask_path) if not p.is_file()]
-        if missing:
+        if missing and not allow_missing:
             paths = sorted({str(p) for s in missing for p in (s.image_path, s.mask_path) if not p.is_file()})
             raise EdgesegError(
                 f"{description}: {len(paths)} listed files are missing, e.g. {', '.join(paths[:3])}"
@@ -56,8 +77,19 @@ class SegmentationFolder:
         return len(self.samples)
 
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (uint8 RGB image, uint8 mask), raising a one-line error if their sizes differ."""
+        """Returns (uint8 RGB image, uint8 mask), both turned upright by the same EXIF orientation.
+
+        Raises a one-line error if their sizes differ, or if image and mask carry different EXIF
+        orientations (then it cannot be told which way the mask was drawn, and a 180 degree turn would
+        still match in size: a silently wrong score).
+        """
         image, mask = load_image(sample.image_path), load_mask(sample.mask_path)
+        image_turn, mask_turn = exif_orientation(sample.image_path), exif_orientation(sample.mask_path)
+        if image_turn != mask_turn:
+            raise EdgesegError(
+                f"{sample.mask_path}: EXIF orientation {mask_turn}, but the image has {image_turn} "
+                f"({sample.image_path.name}): save both upright (PIL.ImageOps.exif_transpose) or with the same tag"
+            )
         if image.shape[:2] != mask.shape:
             raise EdgesegError(
                 f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, "
@@ -70,7 +102,8 @@ class SegmentationFolder:
             yield (sample, *self.load(sample))
 
 
-def voc(root: str | Path, split: str = "val", limit: int | None = None) -> SegmentationFolder:
+def voc(root: str | Path, split: str = "val", limit: int | None = None, *,
+        allow_missing: bool = False) -> SegmentationFolder:
     """Returns the VOCdevkit split at root (the folder holding JPEGImages/, SegmentationClass/)."""
     root = Path(root)
     split_dir = root / "ImageSets" / "Segmentation"
@@ -88,10 +121,11 @@ def voc(root: str | Path, split: str = "val", limit: int | None = None) -> Segme
     samples = [
         Sample(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids
     ]
-    return SegmentationFolder(samples, f"VOC {split} split ({root})")
+    return SegmentationFolder(samples, f"VOC {split} split ({root})", allow_missing=allow_missing)
 
 
-def image_mask_folders(root: str | Path, limit: int | None = None) -> SegmentationFolder:
+def image_mask_folders(root: str | Path, limit: int | None = None, *,
+                       allow_missing: bool = False) -> SegmentationFolder:
     """Returns the pairs root/images/<id>.<ext> + root/masks/<id>.png."""
     root = Path(root)
     images_dir, masks_dir = root / "images", root / "masks"
@@ -103,22 +137,25 @@ def image_mask_folders(root: str | Path, limit: int | None = None) -> Segmentati
     samples = [Sample(p.stem, p, masks_dir / f"{p.stem}.png") for p in images]
     if not samples:
         raise EdgesegError(f"{images_dir}: no images found")
-    return SegmentationFolder(samples, f"folder {root}")
+    return SegmentationFolder(samples, f"folder {root}", allow_missing=allow_missing)
 
 
-def open_dataset(root: str | Path, split: str = "val", limit: int | None = None) -> SegmentationFolder:
-    """Returns a VOCdevkit split, or the images/ + masks/ pair when root has no ImageSets/."""
+def open_dataset(root: str | Path, split: str = "val", limit: int | None = None, *,
+                 allow_missing: bool = False) -> SegmentationFolder:
+    """Returns a VOCdevkit split, or the images/ + masks/ pair when root has no ImageSets/.
+    `allow_missing`: listed files that are missing fail at `load`, not here (see SegmentationFolder)."""
     root = Path(root)
     if not root.is_dir():
         raise EdgesegError(f"{root}: no such folder")
     if (root / "ImageSets").is_dir():
-        return voc(root, split, limit)
+        return voc(root, split, limit, allow_missing=allow_missing)
     splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
     if splits:  # root/<split>/images + masks
         if split not in splits:
             raise EdgesegError(f"{root}: no split {split!r}; splits here: {', '.join(splits)}")
-        return image_mask_folders(root / split, limit)
-    return image_mask_folders(root, limit)  # one images/ + masks/ pair: every split is the same data
+        return image_mask_folders(root / split, limit, allow_missing=allow_missing)
+    # one images/ + masks/ pair: every split is the same data
+    return image_mask_folders(root, limit, allow_missing=allow_missing)
 
 
 def resolve_label_map(mode: str, names: tuple[str, ...], data: Path) -> str:

@@ -11,9 +11,8 @@ from tqdm import tqdm
 
 from edgeseg.data import RemappedDataset, SegmentationFolder
 from edgeseg.errors import EdgesegError
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.metrics import ConfusionMatrix, check_label_range
 from edgeseg.pipeline import Runtime, segment
-from edgeseg.voc import IGNORE_INDEX
 
 
 @dataclass
@@ -57,7 +56,7 @@ def evaluate(
     for sample in bar:
         try:
             image, mask = dataset.load(sample)
-            check_labels(mask, len(class_names), sample.mask_path)
+            check_label_range(mask, len(class_names), sample.mask_path)
         except EdgesegError as exc:
             if not skip_bad:
                 raise
@@ -72,15 +71,10 @@ def evaluate(
         if predictions is not None:
             predictions.append(labels)
     seconds = time.perf_counter() - start
+    if len(skipped) == len(dataset):
+        raise EdgesegError(f"{dataset.description}: no image evaluated, all {len(skipped)} skipped as bad "
+                           f"(first: {skipped[0]})" if skipped else f"{dataset.description}: no images")
     return EvalResult(class_names, confusion, len(dataset) - len(skipped), seconds, skipped)
-
-
-def check_labels(mask: np.ndarray, num_classes: int, path) -> None:
-    """Raises a one-line error if the mask holds a label that is neither a class index nor 255."""
-    labels = np.unique(mask)
-    bad = labels[(labels >= num_classes) & (labels != IGNORE_INDEX)]
-    if bad.size:
-        raise EdgesegError(f"{path}: labels {bad.tolist()[:5]} outside 0..{num_classes - 1} (and 255 = ignore)")
 
 
 def format_table(result: EvalResult) -> str:

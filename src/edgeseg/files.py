@@ -62,6 +62,63 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_paths(paths: list[str | Path]) -> Iterator[list[Path]]:
+    """Yields one temp path per target, for outputs that belong together (an image's label map and its
+    overlay): when the block succeeds all of them replace their targets, and on any failure none is left."""
+    targets = [check_output_file(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for path in targets:
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+            except OSError as exc:
+                raise EdgesegError(f"cannot write in {path.parent} ({exc.strerror})") from None
+            os.close(fd)
+            tmps.append(Path(tmp))
+        try:
+            yield list(tmps)
+        except OSError as exc:
+            failed = next((t for t, tmp in zip(targets, tmps) if str(tmp) == str(exc.filename)), targets[0])
+            raise EdgesegError(f"cannot write {failed} ({exc.strerror or exc})") from None
+        done: list[Path] = []
+        mode = 0o666 & ~_umask()
+        for path, tmp in zip(targets, tmps):
+            try:
+                os.chmod(tmp, mode)
+                os.replace(tmp, path)
+            except OSError as exc:
+                for written in done:  # all or none
+                    written.unlink(missing_ok=True)
+                raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
+            done.append(path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def removing_new_folders(folders: list[str | Path]) -> Iterator[None]:
+    """On any failure inside the block, removes those of `folders` (and of their parents) that did not
+    exist when it began and are empty now: a failed command leaves no empty output folder behind."""
+    new: set[Path] = set()
+    for folder in folders:
+        folder = Path(folder).absolute()
+        for path in (folder, *folder.parents):
+            if path.exists():
+                break
+            new.add(path)
+    try:
+        yield
+    except BaseException:
+        for path in sorted(new, key=lambda p: len(p.parts), reverse=True):
+            try:
+                path.rmdir()
+            except OSError:  # not empty (it holds results), or already gone
+                pass
+        raise
+
+
 def write_json(path: str | Path, data: object) -> None:
     """Writes `data` as indented JSON, atomically (NaN is written as null, which JSON can hold)."""
     text = json.dumps(_nan_to_none(data), indent=2)

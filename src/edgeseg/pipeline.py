@@ -62,22 +62,47 @@ def load_image(path: str | Path) -> np.ndarray:
         raise EdgesegError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise EdgesegError(f"{path}: a folder, not an image") from None
+    except EdgesegError as exc:  # from to_rgb: values it will not guess
+        raise EdgesegError(f"{path}: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EdgesegError(f"{path}: cannot read image ({exc})") from None
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
-    """Returns uint8 RGB pixels for any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F...)."""
+    """Returns uint8 RGB pixels for any Pillow mode (L, LA, P, RGBA, CMYK, I;16, I, F...).
+
+    Wider greyscale is brought to 8 bits by its range, never guessed silently wrong: float (F) images
+    with values in 0..1 are scaled by 255, those in 0..255 kept; integer ones above 255 are 16-bit
+    (divided by 257). NaN, infinity, negative values and anything beyond those ranges are refused.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # 16/32-bit and float greyscale: bring the 16-bit range down to 8 bits, then grey -> RGB.
-        values = np.asarray(img, dtype=np.float64)
-        if img.mode != "F" and values.max(initial=0) > 255:
+        return _wide_grey_to_rgb(img)
+    try:
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except ValueError as exc:  # e.g. LAB or HSV, which Pillow cannot convert to RGB
+        raise EdgesegError(f"image mode {img.mode} cannot be read as RGB ({exc})") from None
+
+
+def _wide_grey_to_rgb(img: Image.Image) -> np.ndarray:
+    values = np.asarray(img, dtype=np.float64)
+    if values.size and not np.isfinite(values).all():
+        raise EdgesegError(f"image mode {img.mode} holds NaN or infinite values; expected pixel values")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if img.mode == "F":
+        if low < 0 or high > 255:
+            raise EdgesegError(f"float image (mode F) with values {low:g}..{high:g}: expected 0..1 or 0..255")
+        if high <= 1:
+            values = values * 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise EdgesegError(f"integer image (mode {img.mode}) with values {low:g}..{high:g}: "
+                               "expected 0..255 or 16-bit 0..65535")
+        if high > 255:
             values = values / 257.0
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def fit_to_input(pixels: np.ndarray, input_size: Size) -> np.ndarray:

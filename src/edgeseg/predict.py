@@ -20,7 +20,7 @@ from PIL import ImageOps
 
 from edgeseg.api import Segmenter
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path, check_output_file, ensure_writable_dir, write_json
+from edgeseg.files import atomic_path, atomic_paths, check_output_file, ensure_writable_dir, write_json
 from edgeseg.video import VIDEO_SUFFIXES, is_video
 
 STDIN = "-"  # an input named "-" is an image read from standard input, written as stdin_*.png
@@ -91,10 +91,9 @@ def predict_image(seg: Segmenter, job: Job) -> dict:
     result = seg(read_stdin_image() if job.source == STDIN else job.source)
     ensure_writable_dir(job.out_dir)
     outputs = [job.out_dir / f"{job.stem}_labels.png", job.out_dir / f"{job.stem}_overlay.png"]
-    with atomic_path(outputs[0]) as tmp:
-        result.label_image().save(tmp, format="PNG")
-    with atomic_path(outputs[1]) as tmp:
-        result.overlay().save(tmp, format="PNG")
+    with atomic_paths(outputs) as (labels_tmp, overlay_tmp):  # both files or neither
+        result.label_image().save(labels_tmp, format="PNG")
+        result.overlay().save(overlay_tmp, format="PNG")
     shares = result.shares()
     print(f"{job.source}: {_shares_text(shares)} [{seg.model}, {seg.backend}]", flush=True)
     return {"input": job.source, "outputs": [str(p) for p in outputs], "width": result.labels.shape[1],
