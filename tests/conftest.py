@@ -22,6 +22,13 @@ if not VOC_ROOT.is_dir() or not MODELS.is_dir():
     raise pytest.UsageError(f"tests need the shared data at {SHARED} (see README)")
 
 
+@pytest.fixture(autouse=True)
+def _cwd_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test runs in its own empty folder: default outputs (predictions/, exports/, card_out/) never
+    land in the checkout, whichever test forgets its -o."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def voc_root() -> Path:
     return VOC_ROOT
