@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,15 +41,69 @@ def _umask() -> int:
     return mask
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temp path to write; on success it replaces `path`, on failure it is removed."""
-    path = check_output_file(path)
+def _temp_for(path: Path) -> Path:
+    """Creates the hidden temp file `.<stem>.<pid>.<random><suffix>.part` beside `path`. The writer's
+    process id in the name lets a later write of the same target tell a leftover of a killed process."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.",
+                                   suffix=path.suffix + ".part")
     except OSError as exc:
         raise EdgesegError(f"cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
+    return Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # another user's live process (or a name that is not a process id)
+    return True
+
+
+# `.<stem>.<pid>.<8 random><suffix>.part` as _temp_for names them (older edgeseg: no `<pid>.`).
+_PART = re.compile(r"\..+?\.(?:(\d+)\.)?[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?\.part")
+_SCANNED: dict[Path, float] = {}  # folder -> when it was last cleaned, so that writing many files stays cheap
+RESCAN_SECONDS = 5.0
+
+
+def remove_stale_parts(folder: str | Path, *, force: bool = False) -> list[Path]:
+    """Removes the temp files left in `folder` by writers that were killed mid-write (kill -9, power
+    loss): those whose process is gone, or that carry no process id (older edgeseg). Returns them.
+    Called after each successful atomic write; a folder is listed at most every RESCAN_SECONDS."""
+    folder = Path(folder)
+    now = time.monotonic()
+    if not force and now - _SCANNED.get(folder, -RESCAN_SECONDS) < RESCAN_SECONDS:
+        return []
+    _SCANNED[folder] = now
+    removed: list[Path] = []
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".part")]
+    except OSError:
+        return removed
+    for name in names:
+        match = _PART.fullmatch(name)
+        if match is None:
+            continue
+        pid = match.group(1)
+        if pid is not None and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue
+        try:
+            (folder / name).unlink()
+            removed.append(folder / name)
+        except OSError:
+            pass
+    return removed
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temp path to write; on success it replaces `path` (and leftovers of killed earlier
+    writers of `path` are removed), on failure it is removed."""
+    path = check_output_file(path)
+    tmp = _temp_for(path)
     try:
         try:
             yield Path(tmp)
@@ -58,6 +114,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
         except OSError as exc:
             raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
+        remove_stale_parts(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -70,12 +127,7 @@ def atomic_paths(paths: list[str | Path]) -> Iterator[list[Path]]:
     tmps: list[Path] = []
     try:
         for path in targets:
-            try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
-            except OSError as exc:
-                raise EdgesegError(f"cannot write in {path.parent} ({exc.strerror})") from None
-            os.close(fd)
-            tmps.append(Path(tmp))
+            tmps.append(_temp_for(path))
         try:
             yield list(tmps)
         except OSError as exc:
@@ -92,6 +144,8 @@ def atomic_paths(paths: list[str | Path]) -> Iterator[list[Path]]:
                     written.unlink(missing_ok=True)
                 raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
             done.append(path)
+        for path in targets:
+            remove_stale_parts(path.parent)
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
