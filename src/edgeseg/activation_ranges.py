@@ -34,8 +34,10 @@ def _histograms(float_path: Path, ranges: dict, images: list[np.ndarray], skip: 
         interpreter.invoke()
         for name in names:
             low, high = bounds[name]
-            values = np.clip(interpreter.get_tensor(index[name]).ravel(), low, high)
-            hists[name] += np.histogram(values, BINS, (low, high))[0]
+            values = interpreter.get_tensor(index[name]).ravel()
+            # Values outside the range land in the end bins (they are clipped either way).
+            bins = ((values - low) * (BINS / max(high - low, 1e-12))).astype(np.int64)
+            hists[name] += np.bincount(np.clip(bins, 0, BINS - 1), minlength=BINS)
     return hists
 
 

@@ -199,13 +199,14 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
     """Returns the quantized model (flatbuffer object) and, for per-tensor files, how many conv weights
     were re-quantized exactly onto their QAT grid ("n of m")."""
     from edgeseg.activation_ranges import mse_ranges
+    from edgeseg.runtimes.litert import quiet_native_stderr
     from edgeseg.per_tensor import to_uint8
     from edgeseg.tflite_edit import read_model
 
     float_file = TFLiteFile(float_path)
     input_name = float_file.inputs[0].name
     samples = tqdm([{"args_0": x} for x in images], desc="calibration", unit="img", file=sys.stderr, leave=False)
-    with _quiet_progress():
+    with _quiet_progress(), quiet_native_stderr():
         ranges = _quantizer(float_path, options.granularity).calibrate({"serving_default": samples}, num_threads=2)
     # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
     # pixels map onto it with zero point 128, as in the official files.
