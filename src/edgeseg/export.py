@@ -199,8 +199,8 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
     """Returns the quantized model (flatbuffer object) and, for per-tensor files, how many conv weights
     were re-quantized exactly onto their QAT grid ("n of m")."""
     from edgeseg.activation_ranges import mse_ranges
-    from edgeseg.runtimes.litert import quiet_native_stderr
     from edgeseg.per_tensor import to_uint8
+    from edgeseg.runtimes.litert import quiet_native_stderr
     from edgeseg.tflite_edit import read_model
 
     float_file = TFLiteFile(float_path)
