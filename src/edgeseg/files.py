@@ -108,6 +108,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield Path(tmp)
         except OSError as exc:  # a full disk or a vanished folder while writing: one line, nothing left
+            if exc.errno is None:  # not the file system (e.g. urllib's URLError): the caller says more
+                raise
             raise EdgesegError(f"cannot write {path} ({exc.strerror or exc})") from None
         try:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -131,6 +133,8 @@ def atomic_paths(paths: list[str | Path]) -> Iterator[list[Path]]:
         try:
             yield list(tmps)
         except OSError as exc:
+            if exc.errno is None:  # not the file system (e.g. urllib's URLError)
+                raise
             failed = next((t for t, tmp in zip(targets, tmps) if str(tmp) == str(exc.filename)), targets[0])
             raise EdgesegError(f"cannot write {failed} ({exc.strerror or exc})") from None
         done: list[Path] = []
