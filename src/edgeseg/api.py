@@ -13,6 +13,7 @@ refused with a message saying how to convert them, since their value range canno
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,13 +91,14 @@ class Result:
 
         if legend:
             return overlay(self.image, self.labels, names_for(self.labels, self.class_names), alpha=alpha)
-        return blend_image(self.image, self.labels, alpha)
+        return blend_image(self.image, self.labels, alpha, self.class_names)
 
     def label_image(self) -> Image.Image:
-        """Returns the labels as a palette PNG-ready image (pixel values are class indices, VOC colours)."""
+        """Returns the labels as a palette PNG-ready image (pixel values are class indices, in the colours of
+        the model's label set: Cityscapes' for Cityscapes classes, else VOC's)."""
         from edgeseg.visualize import label_image
 
-        return label_image(self.labels)
+        return label_image(self.labels, class_names=self.class_names)
 
     def to_dict(self) -> dict:
         """Returns model, backend, size and class shares, ready for JSON."""
@@ -105,28 +107,35 @@ class Result:
                 "shares": {name: round(share, 6) for name, share in self.shares().items()}}
 
 
-_PALETTE: list[int] = []
 _FOREGROUND = [0] + [255] * 255  # point() table: background -> 0, any class -> 255
 
 
-def blend_image(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> Image.Image:
-    """Returns the pixels blended with the VOC colour of each label (background, 0, left as is), as a
-    PIL image of the same size. Done in Pillow's C code: cheap enough for every video frame."""
-    if not _PALETTE:
-        from edgeseg.voc import voc_palette
+@functools.lru_cache(maxsize=8)
+def _palette(class_names: tuple[str, ...]) -> list[int]:
+    from edgeseg.labelsets import palette_for
 
-        _PALETTE.extend(voc_palette()[:256].reshape(-1).tolist())
+    return palette_for(class_names)[:256].reshape(-1).tolist()
+
+
+def blend_image(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55,
+                class_names: tuple[str, ...] = ()) -> Image.Image:
+    """Returns the pixels blended with each label's colour (the label set's palette; a class 0 named
+    "background" left as is), as a PIL image of the same size. Done in Pillow's C code: cheap enough
+    for every video frame."""
     image = Image.fromarray(pixels)
     label_map = Image.fromarray(labels.astype(np.uint8, copy=False))
-    foreground = label_map.point(_FOREGROUND)
-    label_map.putpalette(_PALETTE)
-    image.paste(Image.blend(image, label_map.convert("RGB"), alpha), (0, 0), foreground)
-    return image
+    label_map.putpalette(_palette(tuple(class_names)))
+    blended = Image.blend(image, label_map.convert("RGB"), alpha)
+    if class_names[:1] in ((), ("background",)):
+        image.paste(blended, (0, 0), Image.fromarray(labels.astype(np.uint8, copy=False)).point(_FOREGROUND))
+        return image
+    return blended
 
 
-def blend(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+def blend(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55,
+          class_names: tuple[str, ...] = ()) -> np.ndarray:
     """Returns `blend_image` as a uint8 RGB array (H, W, 3)."""
-    return np.asarray(blend_image(pixels, labels, alpha))
+    return np.asarray(blend_image(pixels, labels, alpha, class_names))
 
 
 class Segmenter:

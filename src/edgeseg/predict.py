@@ -119,7 +119,7 @@ def predict_video(seg: Segmenter, job: Job, *, every: int = 1, max_frames: int |
 
             def on_frame(index, labels):
                 with atomic_path(labels_dir / f"{index:06d}.png") as tmp:
-                    label_image(labels).save(tmp, format="PNG")
+                    label_image(labels, class_names=seg.class_names).save(tmp, format="PNG")
 
         try:
             stats = segment_video(video, seg.runtime, target, seg.class_names, every=every,

@@ -328,7 +328,7 @@ def segment_video(
             pixels, labels = item
             try:
                 start = time.perf_counter()
-                blended = blend_image(pixels, labels)
+                blended = blend_image(pixels, labels, class_names=class_names)
                 mid = time.perf_counter()
                 writer.write(blended)
                 stats.stage_ms["overlay"].append((mid - start) * 1000)
