@@ -244,7 +244,7 @@ def _thread_list(text: str) -> list[int]:
     try:
         threads = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts in 1..256, got {text!r}") from None
     if not threads or min(threads) < 1 or max(threads) > 256:
         raise argparse.ArgumentTypeError(f"thread counts must be 1..256, got {text!r}")
     return threads
