@@ -368,10 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """The folders a command writes in (-o/--output, --out, and those of --json and -o FILE)."""
+    folders = [getattr(args, name, None) for name in ("output", "out")]
+    folders += [getattr(args, name).parent for name in ("json", "o") if isinstance(getattr(args, name, None), Path)]
+    return [folder for folder in folders if isinstance(folder, Path)]
+
+
 def main(argv: list[str] | None = None) -> int:
+    from edgeseg.files import removing_new_folders
+
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with removing_new_folders(_output_folders(args)):  # a failed command leaves no empty folder it made
+            args.func(args)
     except EdgesegError as exc:
         print(f"edgeseg: error: {exc}", file=sys.stderr)
         return 2
