@@ -63,8 +63,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# `.<stem>.<pid>.<8 random><suffix>.part` as _temp_for names them (older edgeseg: no `<pid>.`).
-_PART = re.compile(r"\..+?\.(?:(\d+)\.)?[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?\.part")
+# `.<stem>.<pid>.<8 random><suffix>.part` as _temp_for names them (older edgeseg: no `<pid>.`), and
+# `.<stem>.<pid>.<8 random>.part.mp4` as video.VideoWriter does (FFmpeg picks the muxer by the suffix).
+_PART = re.compile(r"\..+?\.(?:(\d+)\.)?[a-z0-9_]{8}(?:(?:\.[A-Za-z0-9]+)?\.part|\.part\.mp4)")
 _SCANNED: dict[Path, float] = {}  # folder -> when it was last cleaned, so that writing many files stays cheap
 RESCAN_SECONDS = 5.0
 
@@ -80,7 +81,7 @@ def remove_stale_parts(folder: str | Path, *, force: bool = False) -> list[Path]
     _SCANNED[folder] = now
     removed: list[Path] = []
     try:
-        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".part")]
+        names = [entry.name for entry in os.scandir(folder) if entry.name.endswith((".part", ".part.mp4"))]
     except OSError:
         return removed
     for name in names:

@@ -194,7 +194,9 @@ class VideoWriter:
         av = require_av()
         self.path = check_output_file(path)
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".part.mp4")
+            # the writer's pid in the name: files.remove_stale_parts removes it if this process is killed
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.{os.getpid()}.",
+                                       suffix=".part.mp4")
         except OSError as exc:
             raise EdgesegError(f"cannot write in {self.path.parent} ({exc.strerror})") from None
         os.close(fd)
@@ -244,6 +246,9 @@ class VideoWriter:
         except (av.error.FFmpegError, OSError) as exc:
             self.abort()
             raise EdgesegError(f"cannot write video {self.path} ({_first_line(exc)})") from None
+        from edgeseg.files import remove_stale_parts
+
+        remove_stale_parts(self.path.parent, force=True)
         return self.path
 
     def abort(self) -> None:
