@@ -1,0 +1,97 @@
+"""Training throughput (images/s), the old step against today's, measured interleaved in one run.
+
+before: the zoo model with batch norm folded, contiguous tensors, augmentation inside the loop
+        (no loader workers), deterministic mode filling every new tensor with NaN (the old defaults).
+after:  today's `edgeseg train` step: batch norm inserted (--bn train, and frozen), channels-last,
+        one loader worker augmenting ahead of the step, no NaN fill, subnormals flushed.
+Each round runs every setting for --steps steps after --warmup steps, on CamVid train crops (crop 321,
+batch 8 by default), with --threads torch threads; the median round is reported, and ratios to before.
+
+    .venv/bin/python bench/bench_train.py            # about 5 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgeseg.data import RemappedDataset, open_dataset
+from edgeseg.training import insert_batchnorm
+from edgeseg.training.data import EpochBatches, TrainCrops, calibration_batches
+from edgeseg.voc import IGNORE_INDEX
+from edgeseg.zoo import create_model
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
+CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+           "bicyclist")
+SETTINGS = {
+    # name: (batch norm, channels_last, loader workers, NaN-fill new tensors)
+    "before": (None, False, 0, True),
+    "after, --bn train": ("train", True, 1, False),
+    "after, --bn frozen": ("frozen", True, 1, False),
+}
+
+
+def make_model(bn: str | None, channels_last: bool, crops: TrainCrops, batch: int) -> torch.nn.Module:
+    model = create_model("deeplabv3_mnv2_dm05_voc", class_names=CLASSES)
+    if bn is not None:
+        insert_batchnorm(model, calibration_batches(crops, batch, 1), frozen=bn == "frozen")
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
+
+
+def run_steps(model: torch.nn.Module, crops: TrainCrops, batch: int, steps: int, warmup: int, epoch: int,
+              channels_last: bool, workers: int, fill: bool) -> float:
+    """Returns images/s over `steps` SGD steps (data loading included), after `warmup` steps."""
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+    torch.set_flush_denormal(not fill)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    sampler = EpochBatches(len(crops), batch, warmup + steps, seed=0, epoch=epoch, rank=0, world=1)
+    loader = torch.utils.data.DataLoader(crops, batch_sampler=sampler, num_workers=workers)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    start = None
+    for i, (pixels, labels) in enumerate(loader):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(pixels.contiguous(memory_format=fmt)), labels, ignore_index=IGNORE_INDEX)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=CAMVID, help="images/ + masks/ splits (default ../shared/camvid)")
+    parser.add_argument("--crop", type=int, default=321)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    crops = TrainCrops(RemappedDataset(open_dataset(args.data, "train"), None, CLASSES), args.crop, seed=0)
+    models = {name: make_model(bn, cl, crops, args.batch_size) for name, (bn, cl, _, _) in SETTINGS.items()}
+    rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for r in range(args.rounds):
+        for name, (_, channels_last, workers, fill) in SETTINGS.items():
+            rates[name].append(run_steps(models[name], crops, args.batch_size, args.steps, args.warmup, r + 1,
+                                         channels_last, workers, fill))
+            print(f"round {r + 1} {name:<20} {rates[name][-1]:6.2f} images/s", flush=True)
+    base = statistics.median(rates["before"])
+    print(f"\ncrop {args.crop}, batch {args.batch_size}, {args.threads} threads, {args.steps} steps x "
+          f"{args.rounds} rounds (median round)")
+    print(f"{'setting':<20} {'images/s':>9} {'s/step':>7} {'ratio':>6}")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:<20} {median:9.2f} {args.batch_size / median:7.3f} {median / base:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

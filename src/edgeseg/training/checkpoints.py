@@ -1,0 +1,79 @@
+"""The run folder: config.json, log.jsonl, state.pt (what --resume trusts), RNG state; all written atomically.
+
+state.pt holds only tensors, ints, floats and strings, so it loads with `torch.load(weights_only=True)`.
+Its model is the training model (batch norm in place); the .safetensors checkpoints hold it folded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_path
+
+STATE_FORMAT = 2  # 2: batch norm in the model and a PolynomialLR scheduler state
+
+
+def write_json(path: Path, data: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """Returns the rows of a run's log.jsonl (steps: loss, lr; epochs: train_loss, val_miou, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": STATE_FORMAT, **state}, tmp)
+
+
+def load_state(path: Path, device: torch.device) -> dict:
+    """Returns a state.pt written by `save_state`, or raises one line."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise EdgesegError(f"{path}: cannot load ({exc})") from None
+    if state.get("format") != STATE_FORMAT:
+        raise EdgesegError(f"{path}: state format {state.get('format')}, this edgeseg reads {STATE_FORMAT}")
+    return state
+
+
+def rng_state() -> dict:
+    """Returns the torch, numpy and Python RNG states as tensors and numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,117 @@
+"""`edgeseg train`: its options, and `python -m edgeseg.training` (the same command on its own)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+from edgeseg.training.config import (
+    BN_MODES,
+    BN_TRAIN_BATCH,
+    DEFAULT_INIT,
+    LR_BN_FROZEN,
+    LR_BN_TRAIN,
+    new_config,
+    option_names,
+    resume_config,
+)
+
+DESCRIPTION = """Fine-tune a zoo model on a VOCdevkit or images/ + masks/ dataset, with DeepLab's recipe.
+
+Recipe: random scale 0.5-2.0, pad with the mean pixel (label 255), random crop, horizontal flip;
+x*2/255-1; batch norm put back into the convs for training and folded out again for checkpoints;
+SGD with momentum 0.9, poly learning rate (power 0.9), weight decay on conv weights; cross-entropy
+on logits upsampled to the crop, label 255 ignored. Validation mIoU after each epoch.
+
+Run folder: config.json, log.jsonl, last.safetensors, best.safetensors (best val mIoU; loads with
+`--weights` like any zoo model), state.pt (model, optimizer, scheduler, step, RNG; `--resume RUNDIR`
+continues exactly as if the run had not stopped).
+"""
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path,
+                   help="VOCdevkit/VOC2012-style folder, or a folder with images/ + masks/")
+    p.add_argument("--train-split", help="training split (default train)")
+    p.add_argument("--val-split", help="validation split, evaluated after each epoch (default val)")
+    p.add_argument("--init", help=f"zoo model to start from (default {DEFAULT_INIT})")
+    p.add_argument("--classes", help="class names 'background,person' (VOC labels are remapped to them) "
+                                     "or a count N (labels already 0..N-1); default: the init model's")
+    p.add_argument("--label-map", choices=["auto", "voc", "none"],
+                   help="voc: VOC labels -> index in --classes, other classes -> 0; none: labels as they "
+                        "are; auto (default): voc for a VOCdevkit folder with VOC class names")
+    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--batch-size", type=int, help="global batch, split across DDP processes (default 8)")
+    p.add_argument("--crop", type=int, help="random crop size (default 513)")
+    p.add_argument("--lr", type=float, help=f"base learning rate, poly decay (default {LR_BN_TRAIN} with batch "
+                                            f"norm statistics training, {LR_BN_FROZEN} with them frozen)")
+    p.add_argument("--bn", choices=BN_MODES,
+                   help="batch norm statistics while training: train (batch statistics), frozen (the ones "
+                        f"measured at the start), auto (default): train from {BN_TRAIN_BATCH} images per "
+                        "process up, else frozen")
+    p.add_argument("--weight-decay", type=float, help="on conv weights (default 4e-5)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--seed", type=int,
+                   help="seed for the data order, augmentation and new layers (default 0)")
+    p.add_argument("--max-steps", type=int, help="at most N steps per epoch (quick runs)")
+    p.add_argument("--val-limit", type=int, help="validate on the first N images of the val split only")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<init>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUNDIR",
+                   help="continue the run in RUNDIR from its last finished epoch")
+    p.add_argument("--workers", type=int, default=1,
+                   help="data loader processes augmenting ahead of the step (default 1; 0: in the loop)")
+    p.add_argument("--baseline", action="store_true",
+                   help="first evaluate the init model itself on the (remapped) val split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # simulates an interruption
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Registers `edgeseg train` on the CLI's subparsers."""
+    p = subparsers.add_parser("train", help="fine-tune a zoo model on a dataset (DeepLab recipe)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Runs `edgeseg train` (under torchrun too: every rank calls this)."""
+    from edgeseg.training.distributed import close_distributed, init_distributed
+    from edgeseg.training.loop import run_training
+
+    if args.workers < 0:
+        raise EdgesegError("--workers must be 0 or more")
+    given = {k: getattr(args, k) for k in option_names() if getattr(args, k, None) is not None}
+    dist = init_distributed()
+    try:
+        if args.resume is not None:
+            config = resume_config(Path(args.resume), given, args.out)
+        else:
+            config = new_config(given, args.out, dist.world)
+        # Every rank must write into the same folder (the default name has a timestamp).
+        config.out = dist.broadcast(config.out)
+        run_training(config, resume=args.resume is not None, dist=dist, workers=args.workers,
+                     progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
+                     baseline=args.baseline)
+    finally:
+        close_distributed(dist)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edgeseg.training ...`: `edgeseg train ...` on its own, with the same one-line errors."""
+    parser = argparse.ArgumentParser(prog="edgeseg train", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cmd_train(args)
+    except EdgesegError as exc:
+        print(f"edgeseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeseg: interrupted", file=sys.stderr)
+        return 130
+    return 0

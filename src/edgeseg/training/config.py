@@ -1,0 +1,172 @@
+"""The training configuration: a typed object, its defaults, checks, and config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeseg.data import resolve_label_map
+from edgeseg.errors import EdgesegError
+
+DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
+BN_MODES = ("auto", "frozen", "train")
+# `--bn auto` trains batch norm statistics from this many images per process up. DeepLab asks for larger
+# batches (fine_tune_batch_norm with 12+), but here batch statistics from 4-8 crops trained stably at
+# lr 0.001-0.007, while frozen statistics raised the loss at 0.001 (tests/test_train.py, README lr sweep).
+BN_TRAIN_BATCH = 4
+# Default learning rates: DeepLab's with batch statistics; with frozen ones no normalization rescales the
+# updates, and only small rates are safe (as for the folded model).
+LR_BN_TRAIN = 0.007
+LR_BN_FROZEN = 1e-4
+# Options a resumed run may change.
+RESUME_OVERRIDES = ("epochs",)
+
+
+@dataclass
+class TrainConfig:
+    """What shapes a run; saved as RUNDIR/config.json (all but `out`) and read back on --resume."""
+
+    data: str
+    out: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    init: str = DEFAULT_INIT
+    classes: str = ""  # comma-separated names; "" means the init model's
+    label_map: str = "auto"
+    epochs: int = 10
+    batch_size: int = 8
+    crop: int = 513
+    lr: float | None = None  # None: LR_BN_TRAIN or LR_BN_FROZEN, by the batch norm mode
+    weight_decay: float = 4e-5
+    momentum: float = 0.9
+    seed: int = 0
+    max_steps: int | None = None
+    val_limit: int | None = None
+    bn: str = "auto"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes.split(","))
+
+    def bn_frozen(self, world: int = 1) -> bool:
+        """Whether batch norm statistics stay fixed: `--bn frozen`, or auto with small per-process batches."""
+        return self.bn == "frozen" or (self.bn == "auto" and self.batch_size // world < BN_TRAIN_BATCH)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+
+    @classmethod
+    def from_json(cls, data: dict, out: str) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known}, out=out)
+
+
+def option_names() -> tuple[str, ...]:
+    """The config fields that are also `edgeseg train` options."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "out")
+
+
+def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
+    """Returns the class names that `--classes` names: a comma-separated list, or a count N."""
+    from edgeseg.registry import get_entry
+
+    entry = get_entry(init)
+    if spec is None or not str(spec).strip():
+        return entry.class_names
+    spec = str(spec).strip()
+    if spec.isdigit():
+        n = int(spec)
+        if n < 2:
+            raise EdgesegError(f"--classes {spec}: need at least 2 classes")
+        return entry.class_names if n == entry.num_classes else tuple(f"class_{i}" for i in range(n))
+    names = tuple(name.strip() for name in spec.split(","))
+    if any(not name for name in names):
+        raise EdgesegError(f"--classes {spec!r}: empty class name")
+    if len(set(names)) != len(names):
+        raise EdgesegError(f"--classes {spec!r}: a class is named twice")
+    if len(names) < 2:
+        raise EdgesegError(f"--classes {spec!r}: need at least 2 classes")
+    return names
+
+
+def _normalized(key: str, value: object, init: str) -> object:
+    if value is None:
+        return None
+    if key == "data":
+        return str(Path(str(value)).resolve())
+    if key == "classes":
+        return ",".join(resolve_classes(str(value), init))
+    return value
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def resume_config(run_dir: Path, given: dict, out: Path | None) -> TrainConfig:
+    """Returns the config of the run in `run_dir`; options in `given` must match it (except --epochs)."""
+    config_path = run_dir / "config.json"
+    if not (run_dir / "state.pt").is_file() or not config_path.is_file():
+        raise EdgesegError(f"--resume {run_dir}: no run to resume (needs config.json and state.pt there)")
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        raise EdgesegError("--resume continues in its own folder; drop --out")
+    try:
+        saved = json.loads(config_path.read_text())
+        config = TrainConfig.from_json(saved, str(run_dir.resolve()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise EdgesegError(f"{config_path}: cannot read ({exc})") from None
+    for key, value in given.items():
+        if key in RESUME_OVERRIDES:
+            continue
+        if _normalized(key, value, config.init) != _normalized(key, getattr(config, key), config.init):
+            raise EdgesegError(f"{_option(key)} {value} differs from the run being resumed "
+                               f"({getattr(config, key)}); only --epochs can change")
+    if "epochs" in given:
+        config.epochs = given["epochs"]
+        check_config(config)
+    return config
+
+
+def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
+    """Returns the config of a new run: the options given, defaults for the rest, checked."""
+    if given.get("data") is None:
+        raise EdgesegError("--data DIR is required (or --resume RUNDIR)")
+    data = Path(given["data"])
+    if not data.is_dir():
+        raise EdgesegError(f"{data}: no such folder")
+    config = TrainConfig(**{**given, "data": str(data.resolve()), "classes": ""})
+    names = resolve_classes(given.get("classes"), config.init)
+    config.classes = ",".join(names)
+    config.label_map = resolve_label_map(config.label_map, names, data)
+    if config.lr is None:
+        config.lr = LR_BN_FROZEN if config.bn_frozen(world) else LR_BN_TRAIN
+    check_config(config)
+    if not (data / "ImageSets").is_dir() and not (data / config.train_split / "images").is_dir():
+        # One images/ + masks/ pair would train and validate on the same images.
+        raise EdgesegError(f"{data}: one images/ + masks/ pair has no separate val split; use "
+                           f"{data}/train/{{images,masks}} and {data}/val/{{images,masks}}")
+    default = Path("runs", f"{config.init}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config.out = str((Path(out) if out is not None else default).resolve())
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raises one line for a value no run can use."""
+    for key in ("epochs", "batch_size", "crop"):
+        if getattr(config, key) < 1:
+            raise EdgesegError(f"{_option(key)} must be at least 1")
+    if config.crop < 33:
+        raise EdgesegError("--crop must be at least 33 pixels")
+    if config.lr <= 0:
+        raise EdgesegError("--lr must be positive")
+    for key in ("max_steps", "val_limit"):
+        if getattr(config, key) is not None and getattr(config, key) < 1:
+            raise EdgesegError(f"{_option(key)} must be at least 1")
+    for key in ("momentum", "weight_decay", "seed"):
+        if getattr(config, key) < 0:
+            raise EdgesegError(f"{_option(key)} must be 0 or more")
+    if config.bn not in BN_MODES:
+        raise EdgesegError(f"--bn {config.bn}: expected one of {', '.join(BN_MODES)}")

@@ -1,0 +1,124 @@
+"""Training data: checks, DeepLab's augmentation, and a batch order that depends on (seed, epoch) only.
+
+The data order of epoch e comes from (seed, e) and each sample's augmentation from (seed, e, index), so
+an interrupted run resumed from its state continues exactly, and loader worker processes change nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edgeseg.data import RemappedDataset
+from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import DEEPLAB
+from edgeseg.registry import Preprocess
+from edgeseg.voc import IGNORE_INDEX
+
+SCALE_RANGE = (0.5, 2.0)
+CALIBRATION_EPOCH = 0  # training epochs count from 1: epoch 0's crops measure batch norm statistics
+
+
+def validate_dataset(dataset: RemappedDataset, num_labels: int, *, progress: bool = False) -> None:
+    """Loads every pair; raises one line naming the bad files (unreadable, size mismatch, label out of range).
+
+    `num_labels` bounds the source labels (before remapping); 255 is always allowed.
+    """
+    from tqdm import tqdm
+
+    bad: list[str] = []
+    for sample in tqdm(dataset.samples, desc="check data", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            _, mask = dataset.base.load(sample)
+        except EdgesegError as exc:
+            bad.append(str(exc))
+            continue
+        values = np.unique(mask)
+        out = values[(values >= num_labels) & (values != IGNORE_INDEX)]
+        if out.size:
+            bad.append(f"{sample.mask_path.name}: labels {out.tolist()[:5]} "
+                       f"not in 0..{num_labels - 1} or 255")
+    if bad:
+        raise EdgesegError(f"{dataset.base.description}: {len(bad)} of {len(dataset)} image/mask pairs "
+                           f"are bad, e.g. {'; '.join(bad[:3])}")
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int,
+            preprocess: Preprocess = DEEPLAB) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (float32 (crop, crop, 3) normalized pixels, uint8 (crop, crop) labels), DeepLab style.
+
+    Random scale in SCALE_RANGE (bilinear image, nearest mask), pad bottom/right to at least the crop
+    with the mean pixel (0 after scaling) and label 255, random crop, horizontal flip with p=0.5.
+    """
+    scale = rng.uniform(*SCALE_RANGE)
+    height, width = mask.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    h, w = mask.shape
+    ph, pw = max(h, crop), max(w, crop)
+    pixels = np.full((ph, pw, 3), preprocess.pad_value, dtype=np.float32)
+    pixels[:h, :w] = image.astype(np.float32) * preprocess.scale + preprocess.offset
+    labels = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
+    labels[:h, :w] = mask
+    top, left = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
+    pixels, labels = pixels[top:top + crop, left:left + crop], labels[top:top + crop, left:left + crop]
+    if rng.random() < 0.5:
+        pixels, labels = pixels[:, ::-1], labels[:, ::-1]
+    return np.ascontiguousarray(pixels), np.ascontiguousarray(labels)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """Returns the sample order of an epoch, a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class TrainCrops:
+    """Map-style dataset indexed by (epoch, sample index): its augmentation depends on nothing else."""
+
+    def __init__(self, dataset: RemappedDataset, crop: int, seed: int) -> None:
+        self.dataset, self.crop, self.seed = dataset, crop, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image, mask = self.dataset.load(self.dataset.samples[index])
+        pixels, labels = augment(image, mask, sample_rng(self.seed, epoch, index), self.crop)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+class EpochBatches:
+    """Batch sampler: the epoch's global batches in order, this rank's share (every world-th sample)."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, epoch: int, rank: int, world: int):
+        self.n, self.batch_size, self.steps = n, batch_size, steps
+        self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = epoch_order(self.seed, self.epoch, self.n)
+        for step in range(self.steps):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            yield [(self.epoch, int(i)) for i in batch[self.rank::self.world]]
+
+
+def calibration_batches(crops: TrainCrops, batch_size: int, count: int = 4) -> list[torch.Tensor]:
+    """Returns the first `count` batches of samples, in index order, as epoch 0's training crops.
+
+    They measure the statistics that inserted batch norm starts from (see `batchnorm.insert_batchnorm`).
+    """
+    n = min(len(crops), count * batch_size)
+    return [torch.stack([crops[(CALIBRATION_EPOCH, i)][0] for i in range(j, min(j + batch_size, n))])
+            for j in range(0, n, batch_size)]

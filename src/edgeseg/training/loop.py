@@ -1,0 +1,321 @@
+"""The training loop: DeepLab's recipe with batch norm restored, exact resume, DDP.
+
+Recipe: SGD with momentum, poly learning rate (power 0.9, torch's PolynomialLR, stepped per batch),
+weight decay on conv weights only, cross-entropy on logits upsampled to the crop (255 ignored), val
+mIoU after every epoch. `--batch-size` is the global batch: under torchrun each of the W processes
+takes every W-th sample of it, and the loss is normalised by the global count of labelled pixels, so
+a DDP run computes the same updates as one process (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeseg.data import RemappedDataset, label_lut, open_dataset
+from edgeseg.errors import EdgesegError
+from edgeseg.files import ensure_writable_dir
+from edgeseg.registry import ModelEntry, get_entry
+from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
+from edgeseg.training.checkpoints import (
+    load_state,
+    read_log,
+    rng_state,
+    save_state,
+    set_rng_state,
+    write_json,
+    write_log,
+)
+from edgeseg.training.config import TrainConfig
+from edgeseg.training.data import EpochBatches, TrainCrops, calibration_batches, validate_dataset
+from edgeseg.training.distributed import Dist
+from edgeseg.training.validation import remapped_pretrained_runtime, validate
+from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
+
+POLY_POWER = 0.9
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last finished epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best_miou: float | None = None
+    best_epoch: int | None = None
+    log: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything one training run works with."""
+
+    config: TrainConfig
+    dist: Dist
+    out: Path
+    entry: ModelEntry
+    train_set: RemappedDataset
+    val_set: RemappedDataset
+    steps_per_epoch: int
+    show: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+
+def seed_everything(seed: int, device: str) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device.startswith("cuda"):
+        # The bilinear upsampling backward has no deterministic CUDA kernel, so only cuDNN is pinned.
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(True)
+        # CPU kernels are deterministic already; NaN-filling every new tensor cost ~20% of a step.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    # Subnormal floats (tiny gradients) run many times slower on x86 CPUs.
+    torch.set_flush_denormal(True)
+
+
+def run_training(config: TrainConfig, *, resume: bool = False, dist: Dist | None = None, workers: int = 0,
+                 progress: bool = True, stop_after_epoch: int | None = None, baseline: bool = False) -> dict:
+    """Trains (or continues) the run described by `config`; returns a summary dict."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        run = _prepare(config, resume=resume, dist=dist or Dist(), progress=progress, baseline=baseline)
+        return _train(run, resume=resume, workers=workers, stop_after_epoch=stop_after_epoch, baseline=baseline)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, baseline: bool) -> Run:
+    """Checks the data in full and the run folder, before any training."""
+    names = config.class_names
+    lut = label_lut(config.label_map, names)
+    source_labels = len(VOC_CLASSES) if lut is not None else len(names)
+    base_entry = get_entry(config.init)
+    show = progress and dist.is_main
+    train_set = RemappedDataset(open_dataset(config.data, config.train_split), lut, names)
+    val_set = RemappedDataset(open_dataset(config.data, config.val_split), lut, names, config.val_limit)
+    validate_dataset(train_set, source_labels, progress=show)
+    validate_dataset(val_set, source_labels, progress=show)
+    if config.batch_size % dist.world:
+        raise EdgesegError(f"--batch-size {config.batch_size} is the global batch; "
+                           f"it must divide among {dist.world} processes")
+    steps_per_epoch = len(train_set) // config.batch_size
+    if steps_per_epoch == 0:
+        raise EdgesegError(f"{train_set.description}: {len(train_set)} images, "
+                           f"fewer than --batch-size {config.batch_size}")
+    if config.max_steps is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps)
+    out = Path(config.out)
+    if not resume and (out / "state.pt").exists():
+        raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another --out")
+    if baseline and lut is None and names != base_entry.class_names:
+        raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
+    if dist.is_main:
+        ensure_writable_dir(out)
+    dist.barrier()
+    return Run(config, dist, out, dataclasses.replace(base_entry, class_names=names), train_set, val_set,
+               steps_per_epoch, show)
+
+
+def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
+    """Returns the init model with batch norm inserted (statistics measured on training crops if `measure`)."""
+    from edgeseg.zoo import create_model
+
+    config = run.config
+    model = create_model(config.init, class_names=run.names)
+    batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed),
+                                  config.batch_size) if measure else []
+    insert_batchnorm(model, batches, frozen=config.bn_frozen(run.dist.world))
+    # Channels-last runs the depthwise and 1x1 convs faster on CPUs (and GPUs).
+    return model.to(run.dist.device, memory_format=torch.channels_last).train()
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig,
+                    total_steps: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.PolynomialLR]:
+    """SGD with weight decay on conv weights only (not batch norm, not biases), poly decay per step."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum,
+    )
+    return optimizer, torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total_steps, power=POLY_POWER)
+
+
+def _resume(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
+            scheduler: torch.optim.lr_scheduler.PolynomialLR) -> Progress:
+    state = load_state(run.out / "state.pt", torch.device(run.dist.device))
+    if state["steps_per_epoch"] != run.steps_per_epoch:
+        raise EdgesegError(f"{run.out}: the data now gives {run.steps_per_epoch} steps per epoch, "
+                           f"the run had {state['steps_per_epoch']}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scheduler.total_iters != run.total_steps:
+        # --epochs changed: the same poly curve, stretched to the new length from this step on.
+        scheduler.total_iters = run.total_steps
+        for group, lr in zip(optimizer.param_groups, scheduler._get_closed_form_lr()):
+            group["lr"] = lr
+    set_rng_state(state["rng"])
+    log = [row for row in read_log(run.out / "log.jsonl") if row["epoch"] <= state["epoch"]]
+    return Progress(state["epoch"], state["step"], state["best_miou"], state["best_epoch"], log)
+
+
+def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None, baseline: bool) -> dict:
+    config, dist = run.config, run.dist
+    seed_everything(config.seed, dist.device)
+    model = build_model(run, measure=not resume)
+    optimizer, scheduler = build_optimizer(model, config, run.total_steps)
+    progress = Progress()
+    if resume:
+        progress = _resume(run, model, optimizer, scheduler)
+        if progress.epoch >= config.epochs:
+            if dist.is_main:
+                print(f"{run.out}: already trained {progress.epoch} epochs; pass --epochs N "
+                      f"(> {progress.epoch}) to train further")
+            return {"out": str(run.out), "epochs": progress.epoch, "best_miou": progress.best_miou,
+                    "best_epoch": progress.best_epoch}
+    elif dist.is_main:
+        write_json(run.out / "config.json", config.to_json())
+
+    if baseline and not resume:
+        progress.log.append(_baseline(run, model))
+
+    ddp_model = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if "cuda" in dist.device else None)
+
+    summary: dict = {"out": str(run.out)}
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss = _train_epoch(run, ddp_model, optimizer, scheduler, epoch, progress, workers)
+        _end_epoch(run, model, optimizer, scheduler, epoch, progress, train_loss, time.perf_counter() - start)
+        summary.update(epochs=epoch, train_loss=train_loss)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    if dist.is_main:
+        print(f"best: {run.out / 'best.safetensors'}")
+    summary.update(best_miou=progress.best_miou, best_epoch=progress.best_epoch)
+    return summary
+
+
+def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
+                 scheduler: torch.optim.lr_scheduler.PolynomialLR, epoch: int, progress: Progress,
+                 workers: int) -> float:
+    from tqdm import tqdm
+
+    config, dist = run.config, run.dist
+    device = torch.device(dist.device)
+    sampler = EpochBatches(len(run.train_set), config.batch_size, run.steps_per_epoch, config.seed, epoch,
+                           dist.rank, dist.world)
+    # Worker processes augment the next batches while this one trains; the result does not depend on them.
+    loader = torch.utils.data.DataLoader(TrainCrops(run.train_set, config.crop, config.seed),
+                                         batch_sampler=sampler, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not run.show, file=sys.stderr)
+    losses = []
+    for pixels, labels in bar:
+        pixels = pixels.to(device, non_blocking=True, memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        lr = scheduler.get_last_lr()[0]
+        # Normalise by the labelled pixels of the whole global batch, so DDP's gradient average
+        # equals the single-process gradient.
+        (labelled,) = dist.all_sum([float((labels != IGNORE_INDEX).sum())])
+        loss_sum = F.cross_entropy(model(pixels), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss_sum * (dist.world / max(labelled, 1.0))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        progress.step += 1
+        (global_loss,) = dist.all_sum([float(loss_sum.detach()) / max(labelled, 1.0)])
+        if not math.isfinite(global_loss):
+            raise EdgesegError(f"epoch {epoch}, step {progress.step}: loss is {global_loss}; try a lower --lr")
+        losses.append(global_loss)
+        progress.log.append({"epoch": epoch, "step": progress.step, "loss": round(global_loss, 6), "lr": lr})
+        bar.set_postfix(loss=f"{global_loss:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    return float(np.mean(losses))
+
+
+def _validate(run: Run, model: torch.nn.Module, name: str) -> tuple[float | None, list[float | None]]:
+    """Returns (val mIoU in %, per-class IoU in %) of the folded model, every rank taking a share."""
+    from edgeseg.runtimes.torch import TorchRuntime
+
+    if len(run.val_set) == 0:
+        return None, []
+    runtime = TorchRuntime(fold_batchnorm(model), num_classes=len(run.names), device=run.dist.device, name=name)
+    confusion = validate(runtime, run.val_set, run.names, run.dist, progress=run.show)
+    return round(100 * confusion.miou(), 4), confusion.iou_percent()
+
+
+def _baseline(run: Run, model: torch.nn.Module) -> dict:
+    """Evaluates the init model as it is (remapped to the run's classes if needed); returns the log row."""
+    config = run.config
+    if config.label_map == "voc":
+        runtime = remapped_pretrained_runtime(config.init, run.names, config.data, run.dist.device)
+        confusion = validate(runtime, run.val_set, run.names, run.dist, progress=run.show)
+        miou = round(100 * confusion.miou(), 4)
+    else:
+        miou, _ = _validate(run, model, f"{config.init} (pretrained)")
+    if run.dist.is_main:
+        print(f"baseline: {config.init} as is, {config.classes}: val mIoU {miou:.2f}")
+    return {"epoch": 0, "step": 0, "baseline_miou": miou}
+
+
+def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
+               scheduler: torch.optim.lr_scheduler.PolynomialLR, epoch: int, progress: Progress,
+               train_loss: float, seconds: float) -> None:
+    """Validates, then (rank 0) writes the log, the folded checkpoints and state.pt, in that order."""
+    from edgeseg.zoo import save_checkpoint
+
+    miou, ious = _validate(run, model, f"epoch {epoch}")
+    model.train()
+    if miou is not None and (progress.best_miou is None or miou > progress.best_miou) or \
+            (miou is None and progress.best_miou is None):
+        progress.best_miou, progress.best_epoch = miou, epoch
+    progress.epoch = epoch
+    progress.log.append({"epoch": epoch, "step": progress.step, "train_loss": round(train_loss, 6),
+                         "val_miou": miou, "val_iou": dict(zip(run.names, ious)),
+                         "best": progress.best_epoch == epoch, "seconds": round(seconds, 2)})
+    if run.dist.is_main:
+        out, init = run.out, run.config.init
+        # The log and weights first, state.pt last: it is what a resume trusts.
+        write_log(out / "log.jsonl", progress.log)
+        folded = fold_batchnorm(model)
+        save_checkpoint(folded, out / "last.safetensors", run.entry, init)
+        if progress.best_epoch == epoch:
+            save_checkpoint(folded, out / "best.safetensors", run.entry, init)
+        save_state(out / "state.pt", {
+            "epoch": epoch, "step": progress.step, "steps_per_epoch": run.steps_per_epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_miou": progress.best_miou, "best_epoch": progress.best_epoch, "rng": rng_state(),
+        })
+        shown = "n/a" if miou is None else f"{miou:.2f}"
+        best = "n/a" if progress.best_miou is None else f"{progress.best_miou:.2f} (epoch {progress.best_epoch})"
+        print(f"epoch {epoch}/{run.config.epochs}: train loss {train_loss:.4f}, val mIoU {shown}, best {best}, "
+              f"{seconds:.0f}s train", flush=True)
+    run.dist.barrier()

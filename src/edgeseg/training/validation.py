@@ -1,0 +1,73 @@
+"""Validation during training, spread across DDP ranks, and the pretrained model remapped as a baseline.
+
+Each rank evaluates every world-th val image and the confusion matrices are summed (as torchvision's
+reference does), so a large val set does not leave the other ranks waiting at a barrier for rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg.data import RemappedDataset, label_lut, open_dataset, resolve_label_map
+from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import evaluate
+from edgeseg.metrics import ConfusionMatrix
+from edgeseg.pipeline import Runtime
+from edgeseg.training.distributed import Dist
+from edgeseg.voc import VOC_CLASSES
+
+
+def validate(runtime: Runtime, dataset: RemappedDataset, names: tuple[str, ...], dist: Dist, *,
+             progress: bool = False) -> ConfusionMatrix:
+    """Returns the confusion matrix of `runtime` over the whole dataset, each rank taking its share."""
+    shard = copy.copy(dataset)
+    shard.samples = dataset.samples[dist.rank::dist.world]
+    if shard.samples:
+        confusion = evaluate(runtime, shard, names, progress=progress and dist.is_main).confusion
+    else:  # more ranks than val images: this one adds nothing, but must still join the sum
+        confusion = ConfusionMatrix(len(names))
+    confusion.matrix = dist.all_sum_array(confusion.matrix)
+    return confusion
+
+
+class RemappedRuntime:
+    """Wraps a runtime so its predicted labels go through a lookup table (e.g. 21 VOC classes -> 2)."""
+
+    def __init__(self, runtime: Runtime, lut: np.ndarray, num_classes: int) -> None:
+        self.runtime, self.lut, self.num_classes = runtime, lut, num_classes
+        self.name, self.input_size = f"{runtime.name}->remapped", runtime.input_size
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self.lut[self.runtime.predict(pixels)]
+
+
+def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | Path,
+                                device: str = "cpu") -> RemappedRuntime:
+    """Returns zoo model `init` as a runtime whose VOC predictions are remapped to `names`."""
+    from edgeseg.registry import get_entry
+    from edgeseg.runtimes.torch import TorchRuntime
+    from edgeseg.zoo import create_model
+
+    entry = get_entry(init)
+    if entry.class_names != VOC_CLASSES:
+        raise EdgesegError(f"{init}: not a VOC model, cannot remap its predictions to {','.join(names)}")
+    resolve_label_map("voc", names, Path(data))  # checks the names
+    runtime = TorchRuntime(create_model(init), num_classes=entry.num_classes, device=device,
+                           name=f"torch:{init}")
+    return RemappedRuntime(runtime, label_lut("voc", names), len(names))
+
+
+def evaluate_remapped_pretrained(init: str, data: str | Path, split: str, classes: str | tuple[str, ...], *,
+                                 limit: int | None = None, progress: bool = True, device: str = "cpu"):
+    """Returns the EvalResult of zoo model `init` on a remapped task, e.g. person vs rest.
+
+    Its VOC predictions and the VOC masks both go through the same table (listed classes -> their
+    index in `classes`, all others -> 0), so the number is comparable with a fine-tuned model's.
+    """
+    names = tuple(classes.split(",")) if isinstance(classes, str) else tuple(classes)
+    runtime = remapped_pretrained_runtime(init, names, data, device)
+    dataset = RemappedDataset(open_dataset(data, split), runtime.lut, names, limit)
+    return evaluate(runtime, dataset, names, progress=progress)
