@@ -54,7 +54,7 @@ def run_steps(model: torch.nn.Module, crops: TrainCrops, batch: int, steps: int,
     sampler = EpochBatches(len(crops), batch, warmup + steps, seed=0, epoch=epoch, rank=0, world=1)
     loader = torch.utils.data.DataLoader(crops, batch_sampler=sampler, num_workers=workers)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    start = None
+    start = end = 0.0
     for i, (pixels, labels) in enumerate(loader):
         if i == warmup:
             start = time.perf_counter()
@@ -62,7 +62,8 @@ def run_steps(model: torch.nn.Module, crops: TrainCrops, batch: int, steps: int,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return steps * batch / (time.perf_counter() - start)
+        end = time.perf_counter()  # not after the loop: that would add the loader's shutdown
+    return steps * batch / (end - start)
 
 
 def main() -> None:
