@@ -6,12 +6,23 @@ One job per module: `config` (the typed TrainConfig), `data` (checks, augmentati
 `command` (the `edgeseg train` options). Nothing here imports the CLI.
 """
 
-from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
-from edgeseg.training.command import add_train_parser, cmd_train, main
-from edgeseg.training.config import TrainConfig, resolve_classes
-from edgeseg.training.data import EpochBatches, TrainCrops, augment
-from edgeseg.training.loop import run_training
-from edgeseg.training.validation import evaluate_remapped_pretrained
+import importlib
+
+# Imported on first use: the CLI builds its `train` parser from this package, and `edgeseg predict` must not
+# pay for importing torch.
+_LAZY = {
+    "fold_batchnorm": "batchnorm", "insert_batchnorm": "batchnorm", "add_train_parser": "command",
+    "cmd_train": "command", "main": "command", "TrainConfig": "config", "resolve_classes": "config",
+    "EpochBatches": "data", "TrainCrops": "data", "augment": "data", "run_training": "loop",
+    "evaluate_remapped_pretrained": "validation",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgeseg.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"edgeseg.training.{_LAZY[name]}"), name)
+
 
 __all__ = ["EpochBatches", "TrainConfig", "TrainCrops", "add_train_parser", "augment", "cmd_train",
            "evaluate_remapped_pretrained", "fold_batchnorm", "insert_batchnorm", "main", "resolve_classes",
