@@ -145,3 +145,11 @@ def test_edgetpu_zero_shot_on_camvid_val():
           f"agreement (CamVid classes) {100 * agreement:.2f}%")
     assert abs(runs["official"][0] - 51.07) < 0.1
     assert runs["torch"][0] > 51.07 - 1.0  # 54.10 here: the float import loses nothing to the INT8 file
+
+
+def test_a_camvid_fine_tune_starts_from_the_mapped_cityscapes_rows():
+    full = create_model(NAME).state_dict()["head.classifier.conv.weight"]
+    rows = create_model(NAME, class_names=CAMVID_CLASSES).state_dict()["head.classifier.conv.weight"]
+    for camvid, cityscapes in (("road", "road"), ("pavement", "sidewalk"), ("tree", "vegetation"),
+                               ("sign_symbol", "traffic sign"), ("pedestrian", "person"), ("bicyclist", "bicycle")):
+        assert torch.equal(rows[CAMVID_CLASSES.index(camvid)], full[CITYSCAPES_CLASSES.index(cityscapes)])

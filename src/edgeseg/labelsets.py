@@ -42,12 +42,13 @@ class ClassMapping:
 
 
 MAPPINGS: dict[str, ClassMapping] = {
-    # As ../shared/README.md measures the official file zero-shot on CamVid.
+    # As ../shared/README.md measures the official file zero-shot on CamVid. Where several model classes
+    # share a target, the first listed is the one a fine-tune's classifier row starts from.
     "cityscapes-to-camvid": ClassMapping(CAMVID_CLASSES, {
         "road": "road", "sidewalk": "pavement", "building": "building", "wall": "building", "fence": "fence",
-        "pole": "pole", "traffic light": "sign_symbol", "traffic sign": "sign_symbol", "vegetation": "tree",
-        "terrain": "tree", "sky": "sky", "person": "pedestrian", "rider": "bicyclist", "car": "car",
-        "truck": "car", "bus": "car", "train": "car", "motorcycle": "bicyclist", "bicycle": "bicyclist",
+        "pole": "pole", "traffic sign": "sign_symbol", "traffic light": "sign_symbol", "vegetation": "tree",
+        "terrain": "tree", "sky": "sky", "person": "pedestrian", "bicycle": "bicyclist", "rider": "bicyclist",
+        "motorcycle": "bicyclist", "car": "car", "truck": "car", "bus": "car", "train": "car",
     }),
 }
 
@@ -69,6 +70,17 @@ def load_mapping(spec: str | Path) -> ClassMapping:
     if not all(isinstance(v, str) for v in (*mapping.dataset_classes, *mapping.pairs, *mapping.pairs.values())):
         raise EdgesegError(f"{path}: class names in a mapping must be strings")
     return mapping
+
+
+def source_classes(model_classes: tuple[str, ...], new_classes: tuple[str, ...]) -> dict[str, str]:
+    """Returns {new class: model class its classifier row starts from}: the same name, else the first model
+    class a shipped mapping from these model classes to exactly these new classes sends to it."""
+    sources = {name: name for name in new_classes if name in model_classes}
+    for mapping in MAPPINGS.values():
+        if mapping.dataset_classes == tuple(new_classes) and set(mapping.pairs) == set(model_classes):
+            for model_name, new_name in mapping.pairs.items():
+                sources.setdefault(new_name, model_name)
+    return sources
 
 
 def palette_for(class_names: tuple[str, ...]) -> np.ndarray:

@@ -100,8 +100,12 @@ def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, 
 
     With other `class_names`, backbone and head are pretrained and the classifier is new; its rows for
     classes the entry already knows (e.g. background, person) start from the pretrained rows, so a
-    fine-tune begins from the pretrained model's own decision between those classes.
+    fine-tune begins from the pretrained model's own decision between those classes. When a shipped class
+    mapping leads from the entry's classes to exactly these (e.g. Cityscapes to CamVid), each class starts
+    from the first model class mapped to it (pavement from sidewalk, tree from vegetation, ...).
     """
+    from edgeseg.labelsets import source_classes
+
     entry = get_entry(name)
     names = tuple(class_names or entry.class_names)
     model = build_model(entry, len(names))
@@ -109,10 +113,11 @@ def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, 
         return model
     state = pretrained_state_dict(entry)
     if names != entry.class_names:
+        sources = source_classes(entry.class_names, names)
         fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
         for i, class_name in enumerate(names):
-            if class_name in entry.class_names:
-                source = entry.class_names.index(class_name)
+            if class_name in sources:
+                source = entry.class_names.index(sources[class_name])
                 for key in fresh:
                     fresh[key][i] = state[key][source]
         state = {**{k: v for k, v in state.items() if not k.startswith("head.classifier.")}, **fresh}
