@@ -7,7 +7,7 @@ after:  today's `edgeseg train` step: batch norm inserted (--bn train, and froze
 Each round runs every setting for --steps steps after --warmup steps, on CamVid train crops (crop 321,
 batch 8 by default), with --threads torch threads; the median round is reported, and ratios to before.
 
-    .venv/bin/python bench/bench_train.py            # about 5 minutes on 2 cores
+    .venv/bin/python bench/bench_train.py
 """
 
 from __future__ import annotations

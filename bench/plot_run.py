@@ -47,7 +47,7 @@ def main() -> None:
     miou_ax.set_ylabel("val mIoU (%)")
     miou_ax.set_ylim(0, 100)
     handles = loss_ax.get_legend_handles_labels()[0] + miou_ax.get_legend_handles_labels()[0]
-    loss_ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
+    loss_ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
     loss_ax.set_title(args.title or args.run.name, fontsize=10)
     fig.tight_layout()
     with atomic_path(args.output) as tmp:

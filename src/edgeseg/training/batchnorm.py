@@ -144,10 +144,6 @@ def _stats_hook(sums: dict[int, list[Tensor]], index: int):
     return hook
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, ConvBNAct) for m in model.modules())
-
-
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Returns a copy of `model` with every ConvBNAct folded into a plain ConvAct (the zoo architecture)."""

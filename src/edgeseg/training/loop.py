@@ -294,8 +294,8 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
 
     miou, ious = _validate(run, model, f"epoch {epoch}")
     model.train()
-    if miou is not None and (progress.best_miou is None or miou > progress.best_miou) or \
-            (miou is None and progress.best_miou is None):
+    improved = miou is not None and (progress.best_miou is None or miou > progress.best_miou)
+    if improved or (miou is None and progress.best_miou is None):  # no val images: the last epoch is "best"
         progress.best_miou, progress.best_epoch = miou, epoch
     progress.epoch = epoch
     progress.log.append({"epoch": epoch, "step": progress.step, "train_loss": round(train_loss, 6),
