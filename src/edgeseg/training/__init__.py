@@ -6,24 +6,24 @@ One job per module: `config` (the typed TrainConfig), `data` (checks, augmentati
 `command` (the `edgeseg train` options). Nothing here imports the CLI.
 """
 
+from __future__ import annotations
+
 import importlib
 
-# Imported on first use: the CLI builds its `train` parser from this package, and `edgeseg predict` must not
-# pay for importing torch.
-_LAZY = {
-    "fold_batchnorm": "batchnorm", "insert_batchnorm": "batchnorm", "add_train_parser": "command",
-    "cmd_train": "command", "main": "command", "TrainConfig": "config", "resolve_classes": "config",
-    "EpochBatches": "data", "TrainCrops": "data", "augment": "data", "run_training": "loop",
+# Loaded on first use: the CLI registers `train` through `command`, and building its parser must not
+# import torch (a 5-10 s import on a small machine).
+_EXPORTS = {
+    "fold_batchnorm": "batchnorm", "insert_batchnorm": "batchnorm",
+    "add_train_parser": "command", "cmd_train": "command", "main": "command",
+    "TrainConfig": "config", "resolve_classes": "config",
+    "EpochBatches": "data", "TrainCrops": "data", "augment": "data",
+    "run_training": "loop",
     "evaluate_remapped_pretrained": "validation",
 }
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'edgeseg.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"edgeseg.training.{_LAZY[name]}"), name)
-
-
-__all__ = ["EpochBatches", "TrainConfig", "TrainCrops", "add_train_parser", "augment", "cmd_train",
-           "evaluate_remapped_pretrained", "fold_batchnorm", "insert_batchnorm", "main", "resolve_classes",
-           "run_training"]
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
