@@ -588,3 +588,91 @@ def test_one_label_range_check():
     with pytest.raises(EdgesegError, match=r"labels \[21, 42\]"):
         ConfusionMatrix(21).update(mask, np.zeros_like(mask))
     check_label_range(mask, 43)
+
+
+# 7. Training: absurd options, damaged run folders, non-finite weights, killed writes ----------------------
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> Path:
+    """A VOCdevkit folder linking 2 train and 1 val images of the shared set."""
+    root = tmp_path_factory.mktemp("trainvoc")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for name in ("JPEGImages", "SegmentationClass"):
+        (root / name).symlink_to(VOC_ROOT / name)
+    ids = {split: (VOC_ROOT / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+           for split in ("train", "val")}
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids["train"][:2]) + "\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(ids["val"][0] + "\n")
+    return root
+
+
+def _train_args(data: Path, out: Path, *extra) -> list:
+    return ["train", "--no-progress", "--data", data, "--classes", "background,person", "--crop", 65,
+            "--batch-size", 2, "--max-steps", 1, "--val-limit", 1, "--epochs", 1, "--lr", 0.001, "--workers", 0,
+            "--out", out, *extra]
+
+
+TRAIN_OPTIONS = [("--momentum", "nan"), ("--momentum", "1.5"), ("--momentum", "-1"), ("--lr", "nan"),
+                 ("--lr", "inf"), ("--lr", "0"), ("--lr", "1e9"), ("--weight-decay", "inf"),
+                 ("--seed", str(2**70)), ("--seed", "-1"), ("--crop", "40000"), ("--crop", "10"),
+                 ("--epochs", "0"), ("--epochs", str(10**12)), ("--batch-size", "100000"), ("--max-steps", "0"),
+                 ("--val-limit", "-5"), ("--workers", "100000")]
+
+
+@pytest.mark.parametrize("option,value", TRAIN_OPTIONS, ids=[" ".join(o) for o in TRAIN_OPTIONS])
+def test_absurd_train_option(option, value, train_data, tmp_path, capfd):
+    out = tmp_path / "run"
+    code, _, err = run([*_train_args(train_data, out), option, value], capfd)  # the last occurrence counts
+    assert_one_line_error(code, err, option)
+    assert re.search(r"\d\.\.\d|[\[(][\d.e+-]+, [\d.e+-]+[\])]", err), err  # the range is named
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("config", ["lacks_keys", "a_list", "nan_lr", "not_json"])
+def test_resume_with_a_bad_config_json(config, train_data, tmp_path, capfd):
+    from edgeseg.training.config import TrainConfig
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "state.pt").write_bytes(b"not read: the config fails first")
+    good = TrainConfig(data=str(train_data), classes="background,person", lr=0.001).to_json()
+    text = {"lacks_keys": json.dumps({"data": str(train_data)}), "a_list": "[]",
+            "nan_lr": json.dumps({**good, "lr": float("nan")}), "not_json": "{"}[config]
+    (run_dir / "config.json").write_text(text)
+    code, _, err = run(["train", "--no-progress", "--resume", run_dir], capfd)
+    assert_one_line_error(code, err, "config.json")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "state.pt"]
+
+
+def test_non_finite_weights_are_never_saved(train_data, tmp_path, capfd, monkeypatch):
+    """An optimizer step that leaves NaN in the weights (as --momentum nan did): the run stops in one line
+    naming the last good epoch, and no checkpoint or state of that epoch is written."""
+    import torch
+
+    real_step = torch.optim.SGD.step
+
+    def poisoned(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned)
+    out = tmp_path / "run"
+    code, _, err = run(_train_args(train_data, out), capfd)
+    assert_one_line_error(code, err, "not finite", "no epoch finished with finite weights")
+    assert not {"last.safetensors", "best.safetensors", "state.pt"} & {p.name for p in out.iterdir()}
+    assert not leftovers(tmp_path)
+
+
+def test_a_run_removes_temp_files_of_a_killed_run(tmp_path):
+    """`.state.*.pt.part` left by a kill during the state.pt write goes with the next state.pt written
+    (the run folder's writes go through files.atomic_path, like every other output)."""
+    from edgeseg.training.checkpoints import save_state
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for path in (out / ".state.999999.abcdefgh.pt.part", out / ".state.abcdefgh.pt.part"):
+        path.write_bytes(b"half a file")
+    save_state(out / "state.pt", {"epoch": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["state.pt"]

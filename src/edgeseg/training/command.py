@@ -82,8 +82,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from edgeseg.training.distributed import close_distributed, init_distributed
     from edgeseg.training.loop import run_training
 
-    if args.workers < 0:
-        raise EdgesegError("--workers must be 0 or more")
+    if not 0 <= args.workers <= 64:
+        raise EdgesegError(f"--workers must be a whole number in 0..64, got {args.workers}")
     given = {k: getattr(args, k) for k in option_names() if getattr(args, k, None) is not None}
     dist = init_distributed()
     try:

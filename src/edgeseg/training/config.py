@@ -115,9 +115,18 @@ def resume_config(run_dir: Path, given: dict, out: Path | None) -> TrainConfig:
         raise EdgesegError("--resume continues in its own folder; drop --out")
     try:
         saved = json.loads(config_path.read_text())
-        config = TrainConfig.from_json(saved, str(run_dir.resolve()))
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise EdgesegError(f"{config_path}: cannot read ({exc})") from None
+    if not isinstance(saved, dict):
+        raise EdgesegError(f"{config_path}: expected a JSON object, got {type(saved).__name__}")
+    missing = [name for name in option_names() if name not in saved]
+    if missing:  # a default could differ from what the run used: resuming would not continue it
+        raise EdgesegError(f"{config_path}: lacks {', '.join(missing)}; not a config.json written by edgeseg train")
+    config = TrainConfig.from_json(saved, str(run_dir.resolve()))
+    try:
+        check_config(config)
+    except EdgesegError as exc:
+        raise EdgesegError(f"{config_path}: {exc}") from None
     for key, value in given.items():
         if key in RESUME_OVERRIDES:
             continue
@@ -153,20 +162,43 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     return config
 
 
+# Ranges of the numeric options, named in the errors. Integers: inclusive.
+INT_RANGES = {"epochs": (1, 10_000), "batch_size": (1, 4096), "crop": (33, 2049), "seed": (0, 2**64 - 1),
+              "max_steps": (1, 10**9), "val_limit": (1, 10**9)}
+# Floats, finite only: (low, high, low included, high included).
+FLOAT_RANGES = {"lr": (0.0, 10.0, False, True), "momentum": (0.0, 1.0, True, False),
+                "weight_decay": (0.0, 1.0, True, True)}
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
 def check_config(config: TrainConfig) -> None:
-    """Raises one line for a value no run can use."""
-    for key in ("epochs", "batch_size", "crop"):
-        if getattr(config, key) < 1:
-            raise EdgesegError(f"{_option(key)} must be at least 1")
-    if config.crop < 33:
-        raise EdgesegError("--crop must be at least 33 pixels")
-    if config.lr <= 0:
-        raise EdgesegError("--lr must be positive")
-    for key in ("max_steps", "val_limit"):
-        if getattr(config, key) is not None and getattr(config, key) < 1:
-            raise EdgesegError(f"{_option(key)} must be at least 1")
-    for key in ("momentum", "weight_decay", "seed"):
-        if getattr(config, key) < 0:
-            raise EdgesegError(f"{_option(key)} must be 0 or more")
+    """Raises one line for a value no run can use: every number finite and in its range, the range named."""
+    import math
+
+    for key, (low, high) in INT_RANGES.items():
+        value = getattr(config, key)
+        if value is None and key in ("max_steps", "val_limit"):
+            continue
+        where = f"{low}..{high}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EdgesegError(f"{_option(key)} must be a whole number in {where}, got {value!r}")
+        if value < low:
+            raise EdgesegError(f"{_option(key)} must be {low} or more ({where}), got {value}")
+        if value > high:
+            raise EdgesegError(f"{_option(key)} must be at most {high} ({where}), got {value}")
+    for key, (low, high, low_in, high_in) in FLOAT_RANGES.items():
+        value = getattr(config, key)
+        where = _interval(low, high, low_in, high_in)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise EdgesegError(f"{_option(key)} must be a finite number in {where}, got {value!r}")
+        if value < low or (value == low and not low_in):
+            raise EdgesegError(f"{_option(key)} must be {low:g} or more {where}, got {value:g}" if low_in else
+                               f"{_option(key)} must be more than {low:g} {where}, got {value:g}")
+        if value > high or (value == high and not high_in):
+            raise EdgesegError(f"{_option(key)} must be at most {high:g} {where}, got {value:g}" if high_in else
+                               f"{_option(key)} must be below {high:g} {where}, got {value:g}")
     if config.bn not in BN_MODES:
         raise EdgesegError(f"--bn {config.bn}: expected one of {', '.join(BN_MODES)}")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from edgeseg.data import RemappedDataset
 from edgeseg.errors import EdgesegError
+from edgeseg.metrics import LabelRangeError, check_label_range
 from edgeseg.pipeline import DEEPLAB
 from edgeseg.registry import Preprocess
 from edgeseg.voc import IGNORE_INDEX
@@ -37,11 +38,10 @@ def validate_dataset(dataset: RemappedDataset, num_labels: int, *, progress: boo
         except EdgesegError as exc:
             bad.append(str(exc))
             continue
-        values = np.unique(mask)
-        out = values[(values >= num_labels) & (values != IGNORE_INDEX)]
-        if out.size:
-            bad.append(f"{sample.mask_path.name}: labels {out.tolist()[:5]} "
-                       f"not in 0..{num_labels - 1} or 255")
+        try:
+            check_label_range(mask, num_labels, sample.mask_path.name)  # the one label-range check
+        except LabelRangeError as exc:
+            bad.append(str(exc))
     if bad:
         raise EdgesegError(f"{dataset.base.description}: {len(bad)} of {len(dataset)} image/mask pairs "
                            f"are bad, e.g. {'; '.join(bad[:3])}")

@@ -253,7 +253,8 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
         progress.step += 1
         (global_loss,) = dist.all_sum([float(loss_sum.detach()) / max(labelled, 1.0)])
         if not math.isfinite(global_loss):
-            raise EdgesegError(f"epoch {epoch}, step {progress.step}: loss is {global_loss}; try a lower --lr")
+            raise EdgesegError(f"epoch {epoch}, step {progress.step}: loss is {global_loss}; "
+                               f"{_last_good(run, progress)}; try a lower --lr")
         losses.append(global_loss)
         progress.log.append({"epoch": epoch, "step": progress.step, "loss": round(global_loss, 6), "lr": lr})
         bar.set_postfix(loss=f"{global_loss:.4f}", lr=f"{lr:.2e}")
@@ -286,12 +287,36 @@ def _baseline(run: Run, model: torch.nn.Module) -> dict:
     return {"epoch": 0, "step": 0, "baseline_miou": miou}
 
 
+def first_non_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str | None:
+    """Returns the name of the first model tensor (or optimizer state) holding NaN or infinity, else None."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    if optimizer is not None:
+        for group_state in optimizer.state.values():
+            for key, value in group_state.items():
+                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    return f"optimizer {key}"
+    return None
+
+
+def _last_good(run: Run, progress: Progress) -> str:
+    if progress.epoch == 0:
+        return "no epoch finished with finite weights, so none was saved"
+    return f"the last good epoch is {progress.epoch} ({run.out / 'last.safetensors'}, --resume continues from it)"
+
+
 def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
                scheduler: torch.optim.lr_scheduler.PolynomialLR, epoch: int, progress: Progress,
                train_loss: float, seconds: float) -> None:
-    """Validates, then (rank 0) writes the log, the folded checkpoints and state.pt, in that order."""
+    """Validates, then (rank 0) writes the log, the folded checkpoints and state.pt, in that order.
+    Non-finite weights are never written: the run stops first, naming the last good epoch."""
     from edgeseg.zoo import save_checkpoint
 
+    bad = first_non_finite(model, optimizer)
+    if bad is not None:
+        raise EdgesegError(f"epoch {epoch}: {bad} is not finite (NaN or infinity), nothing saved for this epoch; "
+                           f"{_last_good(run, progress)}; try a lower --lr")
     miou, ious = _validate(run, model, f"epoch {epoch}")
     model.train()
     improved = miou is not None and (progress.best_miou is None or miou > progress.best_miou)
