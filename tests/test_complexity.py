@@ -6,7 +6,8 @@ from edgeseg.tflite_file import TFLiteFile
 from edgeseg.zoo import build_model, official_tflite
 
 
-@pytest.mark.parametrize("name", ["deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc"])
+@pytest.mark.parametrize("name", ["deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc",
+                                  "deeplab_edgetpu_slim_cityscapes"])
 def test_params_and_ops_match_the_zoo_metadata(name):
     entry = get_entry(name)
     model = build_model(entry)
@@ -16,7 +17,7 @@ def test_params_and_ops_match_the_zoo_metadata(name):
 
 def test_params_equal_the_official_files_weight_count():
     # The official file stores folded conv weights and biases: the same values our model has.
-    for name in ("deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc"):
+    for name in ("deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc", "deeplab_edgetpu_slim_cityscapes"):
         tfl = TFLiteFile(official_tflite(name))
         stored = sum(tfl.tensors[i].data.size for op in tfl.ops if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D")
                      for i in op.inputs[1:3])

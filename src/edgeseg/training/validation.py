@@ -9,11 +9,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
-
 from edgeseg.data import RemappedDataset, label_lut, open_dataset, resolve_label_map
 from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
+from edgeseg.labelsets import MappedRuntime
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.pipeline import Runtime
 from edgeseg.training.distributed import Dist
@@ -33,19 +32,8 @@ def validate(runtime: Runtime, dataset: RemappedDataset, names: tuple[str, ...],
     return confusion
 
 
-class RemappedRuntime:
-    """Wraps a runtime so its predicted labels go through a lookup table (e.g. 21 VOC classes -> 2)."""
-
-    def __init__(self, runtime: Runtime, lut: np.ndarray, num_classes: int) -> None:
-        self.runtime, self.lut, self.num_classes = runtime, lut, num_classes
-        self.name, self.input_size = f"{runtime.name}->remapped", runtime.input_size
-
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        return self.lut[self.runtime.predict(pixels)]
-
-
 def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | Path,
-                                device: str = "cpu") -> RemappedRuntime:
+                                device: str = "cpu") -> MappedRuntime:
     """Returns zoo model `init` as a runtime whose VOC predictions are remapped to `names`."""
     from edgeseg.registry import get_entry
     from edgeseg.runtimes.torch import TorchRuntime
@@ -57,7 +45,7 @@ def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | P
     resolve_label_map("voc", names, Path(data))  # checks the names
     runtime = TorchRuntime(create_model(init), num_classes=entry.num_classes, device=device,
                            name=f"torch:{init}")
-    return RemappedRuntime(runtime, label_lut("voc", names), len(names))
+    return MappedRuntime(runtime, label_lut("voc", names), len(names))
 
 
 def evaluate_remapped_pretrained(init: str, data: str | Path, split: str, classes: str | tuple[str, ...], *,
