@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from edgeseg.tflite_file import builtin_code
+from edgeseg.tflite_file import builtin_code, decoded_name
 
 _OPS = schema.BuiltinOperator
 _CONVS = (_OPS.CONV_2D, _OPS.DEPTHWISE_CONV_2D)
@@ -99,7 +99,7 @@ def to_uint8(model: schema.ModelT, float_weights: dict[str, np.ndarray], *,
         if builtin_code(model.operatorCodes[op.opcodeIndex]) not in _CONVS:
             continue
         act, weight, bias = (tensors[i] for i in op.inputs[:3])
-        w = float_weights[_name(weight)]
+        w = float_weights[decoded_name(weight.name)]
         grid = grid_params(w) if exact_grids else None
         on_grid += grid is not None
         scale, zero_point = grid or (mse_params(w) if exact_grids else minmax_params(w))
@@ -107,7 +107,7 @@ def to_uint8(model: schema.ModelT, float_weights: dict[str, np.ndarray], *,
         _set_quantization(weight, scale, zero_point)
         buffers[weight.buffer].data = quantize_uint8(w, scale, zero_point).ravel().view(np.uint8)
         bias_scale = float(act.quantization.scale[0]) * scale
-        b = np.round(float_weights[_name(bias)].astype(np.float64) / bias_scale).astype(np.int32)
+        b = np.round(float_weights[decoded_name(bias.name)].astype(np.float64) / bias_scale).astype(np.int32)
         _set_quantization(bias, bias_scale, 0)
         buffers[bias.buffer].data = b.view(np.uint8)
         rewritten |= {op.inputs[1], op.inputs[2]}
@@ -122,6 +122,3 @@ def to_uint8(model: schema.ModelT, float_weights: dict[str, np.ndarray], *,
             buffers[tensor.buffer].data = (np.asarray(data).view(np.int8).astype(np.int16) + 128).astype(np.uint8)
     return len(rewritten) // 2, on_grid
 
-
-def _name(tensor: schema.TensorT) -> str:
-    return tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name

@@ -10,13 +10,9 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from edgeseg.tflite_file import builtin_code, parse_model
+from edgeseg.tflite_file import builtin_code, decoded_name, parse_model
 
 _OPS = schema.BuiltinOperator
-
-
-def _text(name: bytes | str) -> str:
-    return name.decode() if isinstance(name, bytes) else name
 
 
 def read_model(data: bytes) -> schema.ModelT:
@@ -82,7 +78,7 @@ def retype_input(model: schema.ModelT, dtype: str) -> None:
     int8_input = graph.tensors[old]
     new_input = schema.TensorT()
     new_input.shape, new_input.name = list(int8_input.shape), int8_input.name
-    int8_input.name = _text(int8_input.name) + "_int8"
+    int8_input.name = decoded_name(int8_input.name) + "_int8"
     if dtype == "uint8":
         new_input.type = schema.TensorType.UINT8
         new_input.quantization = schema.QuantizationParametersT()
@@ -113,6 +109,6 @@ def add_metadata(model: schema.ModelT, name: str, data: bytes) -> None:
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = name, len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != name]
+    model.metadata = [m for m in (model.metadata or []) if decoded_name(m.name) != name]
     model.metadata.append(entry)
 

@@ -65,6 +65,11 @@ def builtin_code(code) -> int:
     return flatbuffer_utils.get_builtin_code_from_operator_code(code)
 
 
+def decoded_name(name: bytes | str) -> str:
+    """Returns a flatbuffer name (object API gives bytes) as str."""
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def parse_model(data: bytes) -> schema.ModelT:
     """Returns the model object with every buffer inline as a uint8 array (large files keep them by offset)."""
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
