@@ -291,12 +291,12 @@ OPTIONS = [
     ["predict", "x.jpg", "--threads", "-1"], ["predict", "x.jpg", "--every", "inf"],
     ["predict", "x.jpg", "--every", "0"], ["predict", "x.jpg", "--max-frames", "1e99"],
     ["predict", "x.jpg", "--max-frames", str(2**70)],
-    ["evaluate", "--voc-root", "x", "--limit", "-1"], ["evaluate", "--voc-root", "x", "--threads", "inf"],
+    ["evaluate", "--data", "x", "--limit", "-1"], ["evaluate", "--data", "x", "--threads", "inf"],
     ["benchmark", "x.tflite", "--warmup=-1"], ["benchmark", "x.tflite", "--runs", "nan"],
     ["benchmark", "x.tflite", "--threads", "1,100000"], ["benchmark", "x.tflite", "--threads", "nan"],
     ["export", "--calib-count", "nan"], ["export", "--precision", "fp32", "--input-size", "40000"],
     ["export", "--precision", "fp32", "--input-size", "nan"],
-    ["card", "--voc-root", "x", "--limit", "0"],
+    ["card", "--data", "x", "--limit", "0"],
 ]
 
 
@@ -397,7 +397,7 @@ def test_full_disk_evaluate_json(small_disk, dm05_official, tmp_path, capfd, mon
     real = evaluate_module.EvalResult.to_dict
     monkeypatch.setattr(evaluate_module.EvalResult, "to_dict", lambda self: {**real(self), "pad": "x" * 100_000})
     report = small_disk / "report" / "r.json"
-    code, _, err = run(["evaluate", "--voc-root", VOC_ROOT, "--limit", "1", "--tflite", dm05_official,
+    code, _, err = run(["evaluate", "--data", VOC_ROOT, "--limit", "1", "--tflite", dm05_official,
                         "--json", report], capfd)
     assert_one_line_error(code, err, "r.json")
     assert not report.exists() and not leftovers(small_disk)
@@ -528,7 +528,7 @@ DATA_DEFECTS = ["missing_mask", "missing_image", "zero_mask", "truncated_image",
 def test_bad_pair_stops_evaluate_in_one_line(defect, tiny_voc, dm05_official, tmp_path, capfd):
     _break(tiny_voc, defect, VAL_IDS[1])
     report = tmp_path / "reports" / "r.json"
-    code, out, err = run(["evaluate", "--voc-root", tiny_voc, "--tflite", dm05_official, "--json", report], capfd)
+    code, out, err = run(["evaluate", "--data", tiny_voc, "--tflite", dm05_official, "--json", report], capfd)
     assert_one_line_error(code, err, VAL_IDS[1])
     assert not report.parent.exists() and "mIoU" not in out and not leftovers(tmp_path)  # nor the new folder
 
@@ -537,7 +537,7 @@ def test_bad_pair_stops_evaluate_in_one_line(defect, tiny_voc, dm05_official, tm
 def test_skip_bad_skips_every_kind_of_bad_pair(defect, tiny_voc, dm05_official, tmp_path, capfd):
     _break(tiny_voc, defect, VAL_IDS[1])
     report = tmp_path / "r.json"
-    code, out, err = run(["evaluate", "--voc-root", tiny_voc, "--tflite", dm05_official, "--skip-bad",
+    code, out, err = run(["evaluate", "--data", tiny_voc, "--tflite", dm05_official, "--skip-bad",
                           "--json", report], capfd)
     assert code == 0, err
     assert "Traceback" not in err and "RuntimeWarning" not in err
@@ -551,7 +551,7 @@ def test_skip_bad_with_nothing_left_is_an_error(defect, tiny_voc, dm05_official,
     for sample in VAL_IDS:
         _break(tiny_voc, defect, sample)
     report = tmp_path / "r.json"
-    code, out, err = run(["evaluate", "--voc-root", tiny_voc, "--tflite", dm05_official, "--skip-bad",
+    code, out, err = run(["evaluate", "--data", tiny_voc, "--tflite", dm05_official, "--skip-bad",
                           "--json", report], capfd)
     lines = [line for line in error_lines(err) if not line.startswith("warning: skipped ")]
     assert code == 2 and "Traceback" not in err and "RuntimeWarning" not in err
@@ -561,7 +561,7 @@ def test_skip_bad_with_nothing_left_is_an_error(defect, tiny_voc, dm05_official,
 
 def test_exif_orientation_applied_to_image_and_mask_alike(tiny_voc, dm05_official, capfd):
     """Image and mask both tagged "rotate 180": both turned, the score is the untagged one."""
-    args = ["evaluate", "--voc-root", tiny_voc, "--tflite", dm05_official, "--limit", "1"]
+    args = ["evaluate", "--data", tiny_voc, "--tflite", dm05_official, "--limit", "1"]
     code, plain, _ = run(args, capfd)
     assert code == 0
     sample = VAL_IDS[0]

@@ -53,7 +53,7 @@ def test_card_from_existing_exports(voc_root, dm05_exports, dm05_model, dm05_off
 def test_card_rejects_a_non_segmentation_tflite(voc_root, classifier_tflite, tmp_path, capsys):
     for variant in ("fp32", "int8", "imx8mp"):
         (tmp_path / f"deeplabv3_mnv2_dm05_voc_{variant}.tflite").write_bytes(classifier_tflite.read_bytes())
-    code = main(["card", "--voc-root", str(voc_root), "--model", "deeplabv3_mnv2_dm05_voc", "-o", str(tmp_path),
+    code = main(["card", "--data", str(voc_root), "--model", "deeplabv3_mnv2_dm05_voc", "-o", str(tmp_path),
                  "--reuse-exports", "--limit", "2"])
     assert code == 2 and "not a segmentation model" in capsys.readouterr().err
 

@@ -44,7 +44,12 @@ _LITERT_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate"
 @contextmanager
 def _without_litert_info() -> Iterator[None]:
     """Drops the "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line that LiteRT's C++ code writes to
-    stderr on every load; anything else it writes there is passed on."""
+    stderr on every load; anything else it writes there is passed on. `edgeseg -v` keeps that line too."""
+    from edgeseg.logs import is_verbose
+
+    if is_verbose():
+        yield
+        return
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # stderr replaced by a Python object (pytest's capsys, IDEs)

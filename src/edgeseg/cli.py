@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser)
     parser.add_argument("--backend", choices=["litert", "torch"],
                         help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
-    parser.add_argument("--threads", type=threads_int, default=None,
+    parser.add_argument("--threads", type=threads_int, metavar="N", default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
 
 
@@ -92,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.json:
         check_output_file(args.json)  # before the work, not after
-    dataset = open_dataset(args.voc_root, args.split, args.limit, allow_missing=args.skip_bad)
+    dataset = open_dataset(args.data, args.split, args.limit, allow_missing=args.skip_bad)
     mapping = load_mapping(args.class_map) if args.class_map else None
     opened = open_model(args)
     runtime, class_names = opened.runtime, opened.class_names
@@ -100,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         runtime = MappedRuntime(runtime, mapping_lut(mapping, class_names), len(mapping.dataset_classes))
         class_names = mapping.dataset_classes
     else:
-        dataset = remap_for(dataset, class_names, args.voc_root)
+        dataset = remap_for(dataset, class_names, args.data)
     result = evaluate(runtime, dataset, class_names, skip_bad=args.skip_bad)
     print(f"{opened.description} on {dataset.description}")
     print(format_table(result))
@@ -122,13 +123,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     options = ExportOptions(
         precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
-        calib_root=args.calib_voc_root, calib_split=args.calib_split, calib_count=args.calib_count,
+        calib_root=args.data, calib_split=args.split, calib_count=args.calib_count,
         weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
         input_size=parse_size(args.input_size) if args.input_size else 513,
     ).resolved()  # conflicting options fail here, before the model is built
+    calibration = ""
+    if options.precision == "int8":  # so does missing calibration data
+        from edgeseg.data import open_images
+
+        calibration = open_images(options.calib_root, options.calib_split, options.calib_count)[1]
     model, entry = load_torch_model(args)
     default_name = "_".join([entry.name, options.precision, *export_suffixes(options)])
-    path = args.o or Path("exports") / f"{default_name}.tflite"
+    path = args.output or Path("exports") / f"{default_name}.tflite"
     report = export_tflite(model, entry.class_names, path, options)
     print(f"wrote {path} ({report['bytes']} bytes) in {report['seconds']} s")
     print(f"  input  {report['input']['dtype']} {report['input']['shape']} scale {report['input']['scale']} "
@@ -138,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print("  tensor types " + ", ".join(f"{k} {v}" for k, v in report["tensor_types"].items()))
     if options.precision == "int8":
         print(f"  float compute ops: {report['float_compute_ops'] or 'none'}; "
-              f"calibrated on {report['calibration_images']} {options.calib_split} images")
+              f"calibrated on {report['calibration_images']} images of {calibration}")
     if report["exact_weights"]:
         print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
 
@@ -162,18 +168,19 @@ def export_suffixes(options) -> list[str]:
 
 def cmd_card(args: argparse.Namespace) -> None:
     from edgeseg.card import CardModel, measure, plot_charts, write_card
-    from edgeseg.data import open_dataset, remap_for
+    from edgeseg.data import open_dataset, open_images, remap_for
     from edgeseg.files import ensure_writable_dir
     from edgeseg.registry import get_entry, list_models
     from edgeseg.zoo import official_tflite
 
     out_dir = ensure_writable_dir(args.output)
-    dataset = open_dataset(args.voc_root, args.split, args.limit)
-    open_dataset(args.calib_voc_root or args.voc_root, "train")  # calibration data, checked before any work
+    dataset = open_dataset(args.data, args.split, args.limit)
+    calib_root = args.calib_data or args.data
+    open_images(calib_root, "train", args.calib_count)  # calibration data, checked before any work
     if args.weights is not None:
         model, entry = load_torch_model(args)
         items = [CardModel(entry, model)]
-        dataset = remap_for(dataset, entry.class_names, args.voc_root)
+        dataset = remap_for(dataset, entry.class_names, args.data)
     else:
         names = [args.model] if args.model else [n for n in list_models() if _scores_on(get_entry(n), args.class_map)]
         items = []
@@ -183,7 +190,7 @@ def cmd_card(args: argparse.Namespace) -> None:
     data = f"{dataset.description}, {len(dataset)} images"
     facts = []
     for item in items:
-        fact = measure(item, dataset, out_dir, calib_root=args.calib_voc_root or args.voc_root,
+        fact = measure(item, dataset, out_dir, calib_root=calib_root,
                        calib_count=args.calib_count, threads=args.threads, reuse_exports=args.reuse_exports,
                        class_map=args.class_map)
         facts.append(fact)
@@ -207,12 +214,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (`edgeseg: error: ...`, exit 2), without the usage."""
 
     def error(self, message: str):
+        # A required option with hidden old spellings is a group: say "required", as for any other option.
+        message = re.sub(r"^one of the arguments (\S+) is required$", r"the following arguments are required: \1",
+                         message)
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
-    """Adds "(default: X)" to an option's help when it has a real default the help text does not mention."""
+    """Adds "(default: X)" to an option's help when it has a real default the help text does not mention
+    (argparse's ArgumentDefaultsHelpFormatter would also print "(default: None)" and "(default: False)")."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -220,6 +231,36 @@ class DefaultsFormatter(argparse.HelpFormatter):
                 or "default" in text.lower()):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class RawDefaultsFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    """DefaultsFormatter for parsers whose description is laid out by hand (kept as written)."""
+
+
+def add_data_arg(parser: argparse.ArgumentParser, help: str, *, required: bool = False, flag: str = "--data",
+                 old: tuple[str, ...] = ()) -> None:
+    """Adds a dataset-folder option (`--data DIR` in every command), with its `old` spellings as hidden aliases."""
+    dest = flag.lstrip("-").replace("-", "_")
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(flag, type=Path, metavar="DIR", help=help)
+    for alias in old:  # still accepted, not shown
+        group.add_argument(alias, dest=dest, type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+OUTPUT_KINDS = ("argmax", "logits")
+
+
+class ExportOutput(argparse.Action):
+    """export's -o/--output FILE. Before every command's output became -o/--output, export's --output was
+    what is now --output-kind (argmax|logits): `--output argmax` and `--output logits` still set the kind, so
+    old command lines keep working (an output file named just `argmax` or `logits`, with no .tflite, is not a
+    plausible choice; `-o argmax` and `--output ./argmax` still name a file)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == "--output" and values in OUTPUT_KINDS:
+            namespace.output_kind = values
+        else:
+            setattr(namespace, self.dest, Path(values))
 
 
 def int_in(low: int, high: int):
@@ -270,26 +311,31 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="edgeseg", description=__doc__)
+    parser = OneLineErrorParser(prog="edgeseg", description=__doc__, formatter_class=RawDefaultsFormatter)
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show other libraries' output (converter and quantizer logs, warnings); by default "
+                             "it is silenced and only edgeseg's own lines and progress bars are printed")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list zoo models and whether their weights are present",
-                       formatter_class=DefaultsFormatter)
+    def command(name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, formatter_class=DefaultsFormatter, **kwargs)
+
+    p = command("models", "list zoo models and whether their weights are present")
     p.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*dm05*'")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("predict", help="segment images, folders, videos or a camera: label maps and overlays",
-                       formatter_class=DefaultsFormatter,
-                       description="Images give <name>_labels.png (class indices) and <name>_overlay.png; "
-                                   "videos give <name>_overlay.mp4 (needs pip install 'edgeseg[video]'); "
-                                   "a folder keeps its layout under the output folder.")
+    p = command("predict", "segment images, folders, videos or a camera: label maps and overlays",
+                description="Images give <name>_labels.png (class indices) and <name>_overlay.png; "
+                            "videos give <name>_overlay.mp4 (needs pip install 'edgeseg[video]'); "
+                            "a folder keeps its layout under the output folder.")
     p.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                    help="image or video files, folders, or - for an image on standard input")
     add_model_args(p)
-    p.add_argument("-o", "--output", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", action="store_true", help="folders: include their subfolders")
-    p.add_argument("--json", type=Path, help="also write per-file class shares, model and backend as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="also write per-file class shares, model and backend as JSON")
     p.add_argument("--camera", metavar="N|DEVICE|URL",
                    help="segment a camera (0 = /dev/video0, a device path or a stream URL) until Ctrl-C "
                         "or --max-frames; writes camera<N>_overlay.mp4")
@@ -300,27 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="videos: no progress bar on stderr")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="VOC mIoU over a split (one confusion matrix, 255 ignored)",
-                       formatter_class=DefaultsFormatter)
-    p.add_argument("--voc-root", type=Path, required=True,
-                   help="VOCdevkit/VOC2012-style folder, or a folder with images/ and masks/")
+    p = command("evaluate", "VOC mIoU over a split (one confusion matrix, 255 ignored)")
+    add_data_arg(p, "dataset: a VOCdevkit/VOC2012-style folder, a folder with images/ + masks/, or one with "
+                    "<split>/images/ + <split>/masks/", required=True, old=("--voc-root",))
     p.add_argument("--split", default="val", help="split to evaluate")
     add_model_args(p)
-    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images of the split")
+    p.add_argument("--limit", type=positive_int, metavar="N", default=None, help="only the first N images of the split")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images/masks with a warning")
-    p.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics as JSON")
     p.add_argument("--class-map", metavar="NAME|FILE.json",
                    help="score the model's classes as the dataset's through a mapping, e.g. cityscapes-to-camvid")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="export FP32 or INT8 .tflite (litert-torch + ai-edge-quantizer)")
+    p = command("export", "export FP32 or INT8 .tflite (litert-torch + ai-edge-quantizer)")
     add_source_args(p, tflite=False)
-    p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
-    p.add_argument("-o", type=Path, help="output .tflite (default exports/<model>_<precision>.tflite)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8",
+                   help="fp32, or int8 (full-integer, calibrated on --data)")
+    p.add_argument("-o", "--output", action=ExportOutput, metavar="FILE",
+                   help="output .tflite (default exports/<model>_<precision>[_<options>].tflite)")
+    p.add_argument("--output-kind", choices=OUTPUT_KINDS, default="argmax",
+                   help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
     p.add_argument("--input", choices=["uint8", "int8", "float32"],
                    help="int8 models: uint8 raw pixels (default; scale 1/128, zero point 128), int8, or float32")
-    p.add_argument("--output", dest="output_kind", choices=["argmax", "logits"], default="argmax",
-                   help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
     p.add_argument("--target", choices=sorted(TARGETS),
                    help="device preset: imx8mp = i.MX 8M Plus NPU (per-tensor uint8, raw uint8 pixels in)")
     p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
@@ -332,53 +379,67 @@ def build_parser() -> argparse.ArgumentParser:
                         "default mse for per-tensor, ema for per-channel")
     p.add_argument("--input-size", metavar="N|HxW",
                    help="model input, square N or HxW, e.g. 321 or 360x480 (default 513)")
-    p.add_argument("--calib-voc-root", type=Path, help="calibration data (VOC folder or images/ + masks/)")
-    p.add_argument("--calib-split", default="train", help="calibration split (default train; val warns)")
-    p.add_argument("--calib-count", type=positive_int, default=64, help="number of calibration images")
+    add_data_arg(p, "calibration data (int8): a folder of images (no masks needed), a folder with images/, "
+                    "or a VOCdevkit folder", old=("--calib-voc-root", "--calib-data"))
+    p.add_argument("--split", default="train", help="split of --data to calibrate on, where it has splits "
+                                                    "(val warns: its mIoU would no longer be independent)")
+    p.add_argument("--calib-split", dest="split", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    p.add_argument("--calib-count", type=positive_int, metavar="N", default=64,
+                   help="calibration images: the first N of the split or folder, sorted by name")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("card", help="measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")
-    p.add_argument("--voc-root", type=Path, required=True, help="evaluation data (VOC folder)")
-    p.add_argument("--split", default="val")
+    p = command("card", "measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")
+    add_data_arg(p, "evaluation data: a VOCdevkit folder, or images/ + masks/ (as for evaluate)", required=True,
+                 old=("--voc-root",))
+    p.add_argument("--split", default="val", help="split of --data to evaluate")
     add_source_args(p, tflite=False, model_help="one zoo model (default: every zoo entry)")
-    p.add_argument("-o", "--output", type=Path, default=Path("card_out"), help="folder for card, exports, charts")
-    p.add_argument("--calib-voc-root", type=Path, help="calibration data (default: --voc-root, train split)")
-    p.add_argument("--calib-count", type=positive_int, default=64)
-    p.add_argument("--threads", type=threads_int, default=2)
-    p.add_argument("--limit", type=positive_int, help="only the first N evaluation images")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR", default=Path("card_out"),
+                   help="folder for card, exports, charts")
+    add_data_arg(p, "calibration data: a folder of images, or a dataset whose train split is used "
+                    "(default: --data, train split)", flag="--calib-data", old=("--calib-voc-root",))
+    p.add_argument("--calib-count", type=positive_int, metavar="N", default=64,
+                   help="calibration images per INT8 export")
+    p.add_argument("--threads", type=threads_int, metavar="N", default=2, help="LiteRT CPU threads for the evaluations")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N evaluation images")
     p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
     p.add_argument("--class-map", metavar="NAME|FILE.json",
                    help="score the models' classes as the data's, e.g. cityscapes-to-camvid")
     p.set_defaults(func=cmd_card)
 
-    p = sub.add_parser("benchmark", help="LiteRT latency: invoke alone and the whole pipeline, per stage")
+    p = command("benchmark", "LiteRT latency: invoke alone and the whole pipeline, per stage")
     p.add_argument("files", nargs="+", type=Path, help=".tflite files")
-    p.add_argument("--threads", type=_thread_list, default=[1, 2], help="comma-separated, e.g. 1,2,4")
-    p.add_argument("--runs", type=positive_int, default=30)
-    p.add_argument("--warmup", type=int_in(0, 1000), metavar="N", default=5)
+    p.add_argument("--threads", type=_thread_list, metavar="N[,N...]", default=[1, 2],
+                   help="LiteRT CPU threads, comma-separated, e.g. 1,2,4 (default 1,2)")
+    p.add_argument("--runs", type=positive_int, metavar="N", default=30, help="timed passes per file and thread count")
+    p.add_argument("--warmup", type=int_in(0, 1000), metavar="N", default=5, help="untimed passes before them")
     p.add_argument("--delegate", type=Path, help="external delegate library, e.g. /usr/lib/libvx_delegate.so")
     p.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE,
                    help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")
-    p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_benchmark)
 
     from edgeseg.training.command import add_train_parser  # imports torch lazily, inside the command
 
     add_train_parser(sub)
+    for command_parser in sub.choices.values():  # -v also after the command: `edgeseg export ... -v`
+        command_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                    help="show other libraries' output (see edgeseg --help)")
     return parser
 
 
 def _output_folders(args: argparse.Namespace) -> list[Path]:
-    """The folders a command writes in (-o/--output, --out, and those of --json and -o FILE)."""
-    folders = [getattr(args, name, None) for name in ("output", "out")]
-    folders += [getattr(args, name).parent for name in ("json", "o") if isinstance(getattr(args, name, None), Path)]
+    """The folders a command writes in (-o/--output, --out, and that of --json)."""
+    folders = [getattr(args, name, None) for name in ("output", "out")]  # export's -o FILE: parents count too
+    folders += [args.json.parent] if isinstance(getattr(args, "json", None), Path) else []
     return [folder for folder in folders if isinstance(folder, Path)]
 
 
 def main(argv: list[str] | None = None) -> int:
     from edgeseg.files import removing_new_folders
+    from edgeseg.logs import set_verbose
 
     args = build_parser().parse_args(argv)
+    set_verbose(args.verbose)
     try:
         with removing_new_folders(_output_folders(args)):  # a failed command leaves no empty folder it made
             args.func(args)

@@ -1,4 +1,5 @@
-"""Segmentation datasets: VOCdevkit folders, or plain images/ + masks/ folder pairs.
+"""Segmentation datasets: VOCdevkit folders, or plain images/ + masks/ folder pairs (and, for data that
+needs no labels, plain folders of images: `open_images`).
 
 Masks are read as palette indices (never converted to RGB or grey), 255 meaning "ignore".
 """
@@ -156,6 +157,44 @@ def open_dataset(root: str | Path, split: str = "val", limit: int | None = None,
         return image_mask_folders(root / split, limit, allow_missing=allow_missing)
     # one images/ + masks/ pair: every split is the same data
     return image_mask_folders(root, limit, allow_missing=allow_missing)
+
+
+def image_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """Returns the image files directly in `folder` (IMAGE_SUFFIXES, any case), sorted by name, the first `limit`."""
+    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return images if limit is None else images[:limit]
+
+
+def open_images(root: str | Path, split: str = "train", limit: int | None = None) -> tuple[list[Path], str]:
+    """Returns (image paths, description) for data that needs no labels, such as calibration.
+
+    A dataset gives the images of its split, the masks neither read nor required: a VOCdevkit folder,
+    root/<split>/images/, or root/images/. Any other folder gives the images in it (a plain folder of photos;
+    the split is then ignored). Sorted by name; the first `limit`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgesegError(f"{root}: no such folder")
+    if (root / "ImageSets").is_dir():
+        samples = voc(root, split, limit, allow_missing=True).samples
+        missing = [str(s.image_path) for s in samples if not s.image_path.is_file()]
+        if missing:
+            raise EdgesegError(f"VOC {split} split ({root}): {len(missing)} listed images are missing, "
+                               f"e.g. {', '.join(missing[:3])}")
+        return [s.image_path for s in samples], f"VOC {split} split ({root})"
+    splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    if splits:  # root/<split>/images, as open_dataset reads them
+        if split not in splits:
+            raise EdgesegError(f"{root}: no split {split!r}; splits here: {', '.join(splits)}")
+        folder, description = root / split / "images", f"folder {root / split}"
+    elif (root / "images").is_dir():
+        folder, description = root / "images", f"folder {root}"
+    else:
+        folder, description = root, f"image folder {root}"
+    images = image_files(folder, limit)
+    if not images:
+        raise EdgesegError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    return images, description
 
 
 def resolve_label_map(mode: str, names: tuple[str, ...], data: Path) -> str:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from edgeseg.compat import TARGETS
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, check_output_file
+from edgeseg.logs import progress_stream, status, third_party_output
 from edgeseg.pipeline import DEEPLAB, Size, input_hw, load_image, normalize_and_pad
 from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
 
@@ -39,6 +40,7 @@ PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8",
 
 # Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see the README).
 DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
+_FLAGS = {"output": "output-kind"}  # option -> its command-line flag, where the two differ
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,11 @@ class ExportOptions:
             if options.input not in (None, "float32"):
                 raise EdgesegError(f"--input {options.input} needs --precision int8 (an FP32 model takes float32)")
             if options.granularity is not None or options.calib_root is not None or options.activation_ranges:
-                raise EdgesegError("--granularity, --activation-ranges and --calib-voc-root apply to int8 only")
+                raise EdgesegError("--granularity, --activation-ranges and --data (calibration) apply to int8 only")
             return replace(options, input="float32")
         if options.calib_root is None:
-            raise EdgesegError("INT8 export needs calibration images: --calib-voc-root DIR (a VOC or images/ folder)")
+            raise EdgesegError("INT8 export needs calibration images: --data DIR (a folder of images, "
+                               "images/ + masks/, or a VOC folder)")
         if options.calib_count < 1:
             raise EdgesegError("--calib-count must be at least 1")
         if options.granularity == "per-tensor" and options.input == "int8":
@@ -93,8 +96,9 @@ class ExportOptions:
                     "granularity": self.granularity, "output": self.output if self.output != "argmax" else None}
         for option, value in explicit.items():
             if value is not None and value != preset[option]:
-                raise EdgesegError(f"--target {self.target} means --{option} {preset[option]}; "
-                                   f"it conflicts with --{option} {value}")
+                flag = _FLAGS.get(option, option)
+                raise EdgesegError(f"--target {self.target} means --{flag} {preset[option]}; "
+                                   f"it conflicts with --{flag} {value}")
         return replace(self, **preset)
 
 
@@ -118,22 +122,23 @@ class DeployModel(nn.Module):
 
 
 def calibration_images(root: Path, split: str, count: int, input_size: Size) -> list[np.ndarray]:
-    """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset; warns if fewer exist."""
-    from edgeseg.data import open_dataset
+    """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset or a plain folder of images (no
+    masks needed); warns if fewer exist."""
+    from edgeseg.data import open_images
     from edgeseg.pipeline import fit_to_input
 
     if split == "val":
         print("warning: calibrating on the val split: its mIoU is then no longer an independent measure",
               file=sys.stderr)
-    dataset = open_dataset(root, split, limit=count)  # the masks are not needed, but must be listed
-    if len(dataset) == 0:
-        raise EdgesegError(f"{dataset.description}: no calibration images")
-    if len(dataset) < count:
-        print(f"warning: asked for {count} calibration images, {dataset.description} has {len(dataset)}; "
-              f"using {len(dataset)}", file=sys.stderr)
+    paths, description = open_images(root, split, limit=count)  # a dataset's split, or a plain image folder
+    if not paths:
+        raise EdgesegError(f"{description}: no calibration images")
+    if len(paths) < count:
+        print(f"warning: asked for {count} calibration images, {description} has {len(paths)}; "
+              f"using {len(paths)}", file=sys.stderr)
     images = []
-    for sample in tqdm(dataset.samples, desc="calibration images", unit="img", file=sys.stderr, leave=False):
-        pixels = fit_to_input(load_image(sample.image_path), input_size)
+    for path in tqdm(paths, desc="calibration images", unit="img", file=sys.stderr, leave=False):
+        pixels = fit_to_input(load_image(path), input_size)
         images.append(normalize_and_pad(pixels, input_size, DEEPLAB)[None])
     return images
 
@@ -195,6 +200,7 @@ def _quantizer(float_path: Path, granularity: str):
     return q
 
 
+@third_party_output("quantization")  # the quantizer's logs go to a log file (edgeseg -v shows them)
 def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions):
     """Returns the quantized model (flatbuffer object) and, for per-tensor files, how many conv weights
     were re-quantized exactly onto their QAT grid ("n of m")."""
@@ -205,7 +211,8 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
 
     float_file = TFLiteFile(float_path)
     input_name = float_file.inputs[0].name
-    samples = tqdm([{"args_0": x} for x in images], desc="calibration", unit="img", file=sys.stderr, leave=False)
+    samples = tqdm([{"args_0": x} for x in images], desc="calibration", unit="img", file=progress_stream(),
+                   leave=False)
     with _quiet_progress(), quiet_native_stderr():
         ranges = _quantizer(float_path, options.granularity).calibrate({"serving_default": samples}, num_threads=2)
     # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
@@ -240,7 +247,8 @@ def export_tflite(
     model: nn.Module, class_names: tuple[str, ...], path: str | Path, options: ExportOptions,
 ) -> dict:
     """Writes the .tflite atomically and returns a report: options, seconds, bytes, op counts, I/O types."""
-    import litert_torch
+    with third_party_output("export"):  # torchao's load failures, torch's deprecation warnings
+        import litert_torch
 
     from edgeseg.tflite_edit import add_metadata, feed_argmax_integers, read_model, retype_input, serialize
 
@@ -254,7 +262,8 @@ def export_tflite(
     sample = torch.zeros(1, *options.input_size, 3)
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
         float_path = Path(tmp) / "float.tflite"
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results; the converter logs a lot
+        # keep stdout for results; the converter logs a lot (to a log file, unless edgeseg -v)
+        with contextlib.redirect_stdout(sys.stderr), third_party_output("conversion"), status("conversion"):
             litert_torch.convert(wrapper, (sample,)).export(str(float_path))
         tfl_model, exact_weights = (read_model(float_path.read_bytes()), None) if options.precision == "fp32" \
             else _quantize(float_path, images, options)
