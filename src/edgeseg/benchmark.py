@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edgeseg.backends import open_runtime
 from edgeseg.pipeline import fit_to_input, load_image, restore_size
-from edgeseg.runtimes.litert import LiteRTRuntime
 
 STAGES = ("decode", "preprocess", "invoke", "postprocess")
 
@@ -47,7 +47,7 @@ def benchmark_file(
     delegate: str | Path | None = None, progress: bool = False,
 ) -> LatencyResult:
     """Returns per-stage latencies of `runs` end-to-end passes on `image`, after `warmup` passes."""
-    runtime = LiteRTRuntime(path, num_threads=threads, delegate=delegate)
+    runtime = open_runtime(path, "litert", threads=threads, delegate=delegate)  # set_input/invoke: LiteRT's
     result = LatencyResult(str(path), threads, runs, {s: [] for s in STAGES})
     for i in tqdm(range(warmup + runs), desc=Path(path).name, disable=not progress, leave=False):
         t0 = time.perf_counter()

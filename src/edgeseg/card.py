@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.backends import open_runtime
 from edgeseg.compat import VX_DELEGATE_SOURCE, unsupported_ops
 from edgeseg.complexity import count_ops, count_params
 from edgeseg.data import SegmentationFolder
@@ -23,7 +24,6 @@ from edgeseg.files import atomic_path, write_json
 from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
 from edgeseg.pipeline import input_hw
 from edgeseg.registry import ModelEntry
-from edgeseg.runtimes.litert import LiteRTRuntime
 
 COLUMNS = ("Model", "Architecture", "Backbone", "Training Dataset", "mIoU FP32", "mIoU INT8", "Input size",
            "OPS", "Params", "FP32 Size", "INT8 Size", "Compatibility")
@@ -72,7 +72,7 @@ def measure(
     if item.official_tflite is not None:
         files["official_int8"] = item.official_tflite
     results: dict[str, EvalResult] = {
-        key: evaluate(wrap(LiteRTRuntime(path, num_threads=threads)), dataset, class_names)
+        key: evaluate(wrap(open_runtime(path, "litert", threads=threads)), dataset, class_names)
         for key, path in files.items()}
     int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
     return {
