@@ -27,7 +27,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; results pool all rounds")
     parser.add_argument("--exports", type=Path, default=REPO / "exports")
-    parser.add_argument("--calib-voc-root", type=Path, default=REPO.parent / "shared" / "voc" / "VOC2012")
+    parser.add_argument("--data", type=Path, metavar="DIR", default=REPO.parent / "shared" / "voc" / "VOC2012",
+                        help="calibration data for the INT8 exports")
+    parser.add_argument("--calib-voc-root", dest="data", type=Path, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # old name
     parser.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE)
     args = parser.parse_args()
 
@@ -35,9 +38,9 @@ def main() -> None:
     files = {"official int8": official_tflite(entry.name)}
     variants = {
         "edgeseg fp32": ExportOptions(precision="fp32"),
-        "edgeseg int8": ExportOptions(precision="int8", calib_root=args.calib_voc_root),
-        "edgeseg int8 logits": ExportOptions(precision="int8", output="logits", calib_root=args.calib_voc_root),
-        "edgeseg int8 imx8mp": ExportOptions(target="imx8mp", calib_root=args.calib_voc_root),
+        "edgeseg int8": ExportOptions(precision="int8", calib_root=args.data),
+        "edgeseg int8 logits": ExportOptions(precision="int8", output="logits", calib_root=args.data),
+        "edgeseg int8 imx8mp": ExportOptions(target="imx8mp", calib_root=args.data),
     }
     model = None
     for label, options in variants.items():

@@ -33,20 +33,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="deeplabv3_mnv2_dm05_voc")
     parser.add_argument("--sizes", default="513,385,321,257", help="comma-separated N or HxW")
-    parser.add_argument("--voc-root", type=Path, default=VOC_ROOT)
+    parser.add_argument("--data", type=Path, metavar="DIR", default=VOC_ROOT,
+                        help="VOCdevkit folder: train split to calibrate, val split to score")
+    parser.add_argument("--voc-root", dest="data", type=Path, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # old name
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     entry = get_entry(args.model)
     model = create_model(entry.name)
-    val = voc(args.voc_root, "val")
+    val = voc(args.data, "val")
     with tempfile.TemporaryDirectory() as tmp:
         files, miou = {}, {}
         for text in args.sizes.split(","):
             size = parse_size(text)
             files[text] = Path(tmp) / f"{text}.tflite"
             export_tflite(model, entry.class_names, files[text],
-                          ExportOptions(target="imx8mp", calib_root=args.voc_root, input_size=size))
+                          ExportOptions(target="imx8mp", calib_root=args.data, input_size=size))
             miou[text] = 100 * evaluate(LiteRTRuntime(files[text], num_threads=2), val, entry.class_names,
                                         progress=False).miou
         invoke = {text: [] for text in files}

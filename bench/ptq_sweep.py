@@ -42,12 +42,15 @@ def agreement(a, b) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="deeplabv3_mnv2_dm05_voc,deeplabv3_mnv2_dm10_voc")
-    parser.add_argument("--voc-root", type=Path, default=VOC_ROOT)
+    parser.add_argument("--data", type=Path, metavar="DIR", default=VOC_ROOT,
+                        help="VOCdevkit folder: train split to calibrate and hold out, val split to score")
+    parser.add_argument("--voc-root", dest="data", type=Path, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)  # old name
     parser.add_argument("--official", action="store_true", help="also measure the official QAT file")
     args = parser.parse_args()
-    train = voc(args.voc_root, "train")
+    train = voc(args.data, "train")
     holdout = SegmentationFolder(train.samples[-40:], "VOC train, last 40 images")
-    val = voc(args.voc_root, "val")
+    val = voc(args.data, "val")
     print(f"{'model':<26} {'calib':>5} {'weights':<12} {'w rng':<6} {'a rng':<5} {'train agree':>11} "
           f"{'val agree':>9} {'val mIoU':>8}")
     for name in args.models.split(","):
@@ -69,7 +72,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "int8.tflite"
                 export_tflite(model, classes, path, ExportOptions(
-                    precision="int8", calib_root=args.voc_root, calib_count=count, granularity=granularity,
+                    precision="int8", calib_root=args.data, calib_count=count, granularity=granularity,
                     weight_ranges=ranges, activation_ranges=activations))
                 runtime = LiteRTRuntime(path, num_threads=2)
                 _, holdout_preds = predictions(runtime, holdout, classes)
