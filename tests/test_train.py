@@ -294,6 +294,40 @@ def test_lr_1e_3_does_not_raise_the_loss(tiny_voc):
     assert max(losses[1:]) <= losses[0] and losses[-1] < 0.8 * losses[0], losses
 
 
+def test_median_frequency_weights_favour_the_rare_class(tiny_voc, tmp_path, capsys):
+    # On real masks: person covers less of the images holding it than background does of its images,
+    # so it weighs more; the weights are median(freq) / freq, computed by hand here.
+    from edgeseg.training.data import median_frequency_weights
+
+    train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
+    pixels, image_pixels = np.zeros(2), np.zeros(2)
+    for sample in train.samples:
+        mask = train.load(sample)[1]
+        labelled = mask[mask != 255]
+        for c in range(2):
+            if (labelled == c).any():
+                pixels[c] += (labelled == c).sum()
+                image_pixels[c] += labelled.size
+    frequency = pixels / image_pixels
+    weights = median_frequency_weights(train, 2)
+    assert np.allclose(weights, np.median(frequency) / frequency, rtol=1e-5)
+    assert weights[1] > 1 > weights[0]
+    # The run prints them and records the choice, and a resume keeps it.
+    out = tmp_path / "weighted"
+    assert _train(*_tiny_args(tiny_voc, out, "--epochs", 1, "--class-weights", "median-frequency")) == 0
+    assert f"person {weights[1]:.2f}" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["class_weights"] == "median-frequency"
+    assert _train("--resume", out, "--class-weights", "none") == 2
+    assert "--class-weights none differs" in capsys.readouterr().err
+    # A run saved before the option existed resumes as what it was: unweighted.
+    from edgeseg.training.config import resume_config
+
+    saved = json.loads((out / "config.json").read_text())
+    del saved["class_weights"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert resume_config(out, {}, None).class_weights == "none"
+
+
 def test_resume_continues_exactly(tiny_voc, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _train(*_tiny_args(tiny_voc, straight, "--epochs", 3)) == 0

@@ -10,6 +10,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.training.config import (
     BN_MODES,
     BN_TRAIN_BATCH,
+    CLASS_WEIGHT_MODES,
     DEFAULT_INIT,
     LR_BN_FROZEN,
     LR_BN_TRAIN,
@@ -51,6 +52,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch norm statistics while training: train (batch statistics), frozen (the ones "
                         f"measured at the start), auto (default): train from {BN_TRAIN_BATCH} images per "
                         "process up, else frozen")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHT_MODES,
+                   help="loss weight per class: none (default), or median-frequency (rare classes weigh "
+                        "more; weights from the training masks, printed at the start)")
     p.add_argument("--weight-decay", type=float, help="on conv weights (default 4e-5)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--seed", type=int,

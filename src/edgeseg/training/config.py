@@ -23,6 +23,11 @@ LR_BN_TRAIN = 0.007
 LR_BN_FROZEN = 1e-4
 # Options a resumed run may change.
 RESUME_OVERRIDES = ("epochs",)
+# Loss weights per class: none, or median frequency balancing (Eigen & Fergus 2015, SegNet's CamVid recipe):
+# rare classes (poles, signs, cyclists) weigh more, so they are not given up for the large ones.
+CLASS_WEIGHT_MODES = ("none", "median-frequency")
+# Options added after runs were saved without them, with the value those runs used.
+LEGACY_DEFAULTS = {"class_weights": "none"}
 
 
 @dataclass
@@ -46,6 +51,7 @@ class TrainConfig:
     max_steps: int | None = None
     val_limit: int | None = None
     bn: str = "auto"
+    class_weights: str = "none"
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -119,6 +125,7 @@ def resume_config(run_dir: Path, given: dict, out: Path | None) -> TrainConfig:
         raise EdgesegError(f"{config_path}: cannot read ({exc})") from None
     if not isinstance(saved, dict):
         raise EdgesegError(f"{config_path}: expected a JSON object, got {type(saved).__name__}")
+    saved = {**LEGACY_DEFAULTS, **saved}
     missing = [name for name in option_names() if name not in saved]
     if missing:  # a default could differ from what the run used: resuming would not continue it
         raise EdgesegError(f"{config_path}: lacks {', '.join(missing)}; not a config.json written by edgeseg train")
@@ -202,3 +209,5 @@ def check_config(config: TrainConfig) -> None:
                                f"{_option(key)} must be below {high:g} {where}, got {value:g}")
     if config.bn not in BN_MODES:
         raise EdgesegError(f"--bn {config.bn}: expected one of {', '.join(BN_MODES)}")
+    if config.class_weights not in CLASS_WEIGHT_MODES:
+        raise EdgesegError(f"--class-weights {config.class_weights}: expected one of {', '.join(CLASS_WEIGHT_MODES)}")

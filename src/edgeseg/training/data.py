@@ -114,6 +114,26 @@ class EpochBatches:
             yield [(self.epoch, int(i)) for i in batch[self.rank::self.world]]
 
 
+def median_frequency_weights(dataset: RemappedDataset, num_classes: int) -> np.ndarray:
+    """Returns one loss weight per class: median(freq) / freq(c), where freq(c) is the share of class c in
+    the labelled pixels of the training images that contain c (Eigen & Fergus 2015; SegNet on CamVid).
+    A class absent from the training masks gets weight 1 (it has no pixels to weigh)."""
+    pixels = np.zeros(num_classes, np.float64)
+    image_pixels = np.zeros(num_classes, np.float64)  # labelled pixels of the images holding the class
+    for sample in dataset.samples:
+        _, mask = dataset.load(sample)
+        counts = np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+        pixels += counts
+        image_pixels[counts > 0] += counts.sum()
+    present = pixels > 0
+    if not present.any():
+        raise EdgesegError(f"{dataset.description}: no labelled pixels to weigh classes by")
+    frequency = pixels[present] / image_pixels[present]
+    weights = np.ones(num_classes, np.float64)
+    weights[present] = np.median(frequency) / frequency
+    return weights.astype(np.float32)
+
+
 def calibration_batches(crops: TrainCrops, batch_size: int, count: int = 4) -> list[torch.Tensor]:
     """Returns the first `count` batches of samples, in index order, as epoch 0's training crops.
 

@@ -36,7 +36,13 @@ from edgeseg.training.checkpoints import (
     write_log,
 )
 from edgeseg.training.config import TrainConfig
-from edgeseg.training.data import EpochBatches, TrainCrops, calibration_batches, validate_dataset
+from edgeseg.training.data import (
+    EpochBatches,
+    TrainCrops,
+    calibration_batches,
+    median_frequency_weights,
+    validate_dataset,
+)
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
@@ -67,6 +73,7 @@ class Run:
     val_set: RemappedDataset
     steps_per_epoch: int
     show: bool
+    loss_weights: torch.Tensor | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,7 +142,17 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
         ensure_writable_dir(out)
     dist.barrier()
     return Run(config, dist, out, dataclasses.replace(base_entry, class_names=names), train_set, val_set,
-               steps_per_epoch, show)
+               steps_per_epoch, show, _loss_weights(config, train_set, dist.is_main))
+
+
+def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -> torch.Tensor | None:
+    if config.class_weights == "none":
+        return None
+    weights = median_frequency_weights(train_set, len(config.class_names))
+    if show:
+        shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(config.class_names, weights))
+        print(f"class weights ({config.class_weights}): {shown}", file=sys.stderr)
+    return torch.from_numpy(weights)
 
 
 def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
@@ -237,6 +254,7 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
                                          pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not run.show, file=sys.stderr)
     losses = []
+    weights = None if run.loss_weights is None else run.loss_weights.to(device)
     for pixels, labels in bar:
         pixels = pixels.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
@@ -244,7 +262,8 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
         # Normalise by the labelled pixels of the whole global batch, so DDP's gradient average
         # equals the single-process gradient.
         (labelled,) = dist.all_sum([float((labels != IGNORE_INDEX).sum())])
-        loss_sum = F.cross_entropy(model(pixels), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss_sum = F.cross_entropy(model(pixels), labels, weight=weights, ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
         loss = loss_sum * (dist.world / max(labelled, 1.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
