@@ -61,7 +61,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed for the data order, augmentation and new layers (default 0)")
     p.add_argument("--max-steps", type=int, help="at most N steps per epoch (quick runs)")
     p.add_argument("--val-limit", type=int, help="validate on the first N images of the val split only")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<init>-<time>)")
+    p.add_argument("-o", "--output", "--out", dest="out", type=Path,
+                   help="run folder (default runs/<init>-<time>); --out is the older spelling")
     p.add_argument("--resume", type=Path, metavar="RUNDIR",
                    help="continue the run in RUNDIR from its last finished epoch")
     p.add_argument("--workers", type=int, default=1,

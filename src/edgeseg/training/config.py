@@ -118,7 +118,7 @@ def resume_config(run_dir: Path, given: dict, out: Path | None) -> TrainConfig:
     if not (run_dir / "state.pt").is_file() or not config_path.is_file():
         raise EdgesegError(f"--resume {run_dir}: no run to resume (needs config.json and state.pt there)")
     if out is not None and Path(out).resolve() != run_dir.resolve():
-        raise EdgesegError("--resume continues in its own folder; drop --out")
+        raise EdgesegError("--resume continues in its own folder; drop -o/--output")
     try:
         saved = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:

@@ -135,7 +135,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
     out = Path(config.out)
     if not resume and (out / "state.pt").exists():
-        raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another --out")
+        raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another -o/--output")
     if baseline and lut is None and names != base_entry.class_names:
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
     if dist.is_main:
