@@ -125,7 +125,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
         calib_root=args.data, calib_split=args.split, calib_count=args.calib_count,
         weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
-        input_size=parse_size(args.input_size) if args.input_size else 513,
+        bias_correction=args.bias_correction, input_size=parse_size(args.input_size) if args.input_size else 513,
     ).resolved()  # conflicting options fail here, before the model is built
     calibration = ""
     if options.precision == "int8":  # so does missing calibration data
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-ranges", choices=["ema", "mse"],
                    help="activation ranges: ema (moving min/max) or mse (least squared error); "
                         "default mse for per-tensor, ema for per-channel")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-tensor files: move each conv channel's mean quantization error into its bias, "
+                        "measured on 8 calibration images (default on for per-tensor)")
     p.add_argument("--input-size", metavar="N|HxW",
                    help="model input, square N or HxW, e.g. 321 or 360x480 (default 513)")
     add_data_arg(p, "calibration data (int8): a folder of images (no masks needed), a folder with images/, "

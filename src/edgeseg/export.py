@@ -40,6 +40,8 @@ PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8",
 
 # Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see the README).
 DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
+# Per-tensor weights shift channel means most (bias_correction.py); per-channel files have no need of it.
+DEFAULT_BIAS_CORRECTION = {"per-channel": False, "per-tensor": True}
 _FLAGS = {"output": "output-kind"}  # option -> its command-line flag, where the two differ
 
 
@@ -56,6 +58,7 @@ class ExportOptions:
     weight_ranges: str = "mse"  # weight scales: "mse" (exact QAT grids where they exist) or "minmax"
     activation_ranges: str | None = None  # "ema" (the quantizer's moving min/max) or "mse"; default by granularity
     target: str | None = None  # a TARGETS preset
+    bias_correction: bool | None = None  # per-tensor only: empirical bias correction; default by granularity
 
     def resolved(self) -> ExportOptions:
         """Returns the options with defaults filled in, or raises on a conflicting combination."""
@@ -71,8 +74,10 @@ class ExportOptions:
         if options.precision == "fp32":
             if options.input not in (None, "float32"):
                 raise EdgesegError(f"--input {options.input} needs --precision int8 (an FP32 model takes float32)")
-            if options.granularity is not None or options.calib_root is not None or options.activation_ranges:
-                raise EdgesegError("--granularity, --activation-ranges and --data (calibration) apply to int8 only")
+            if (options.granularity is not None or options.calib_root is not None or options.activation_ranges
+                    or options.bias_correction):
+                raise EdgesegError("--granularity, --activation-ranges, --bias-correction and --data (calibration) "
+                                   "apply to int8 only")
             return replace(options, input="float32")
         if options.calib_root is None:
             raise EdgesegError("INT8 export needs calibration images: --data DIR (a folder of images, "
@@ -82,8 +87,13 @@ class ExportOptions:
         if options.granularity == "per-tensor" and options.input == "int8":
             raise EdgesegError("--granularity per-tensor files are uint8 throughout: use --input uint8 or float32")
         granularity = options.granularity or "per-channel"
+        if options.bias_correction and granularity != "per-tensor":
+            raise EdgesegError("--bias-correction applies to per-tensor files (--granularity per-tensor or a --target)")
+        bias_correction = options.bias_correction
         return replace(options, input=options.input or "uint8", granularity=granularity,
-                       activation_ranges=options.activation_ranges or DEFAULT_ACTIVATION_RANGES[granularity])
+                       activation_ranges=options.activation_ranges or DEFAULT_ACTIVATION_RANGES[granularity],
+                       bias_correction=DEFAULT_BIAS_CORRECTION[granularity] if bias_correction is None
+                       else bias_correction)
 
     def _with_target(self) -> ExportOptions:
         """Returns the options with the target's preset applied; an explicit conflicting option is an error."""
@@ -231,6 +241,10 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
         return model, None
     floats = {t.name: t.data for t in float_file.tensors if t.data is not None}
     convs, exact = to_uint8(model, floats, exact_grids=options.weight_ranges == "mse")
+    if options.bias_correction:
+        from edgeseg.bias_correction import correct_biases
+
+        correct_biases(model, float_path, images)
     return model, f"{exact} of {convs}"
 
 
