@@ -105,17 +105,18 @@ def _mean_error(quantized: bytes, conv: _Conv, images: list[np.ndarray],
     return np.where(count >= MIN_POSITIONS, total / np.maximum(count, 1), 0.0)
 
 
-def correct_biases(model: schema.ModelT, float_path: Path, images: list[np.ndarray], count: int = IMAGES) -> float:
+def correct_biases(model: schema.ModelT, float_path: Path, images: list[np.ndarray], count: int = IMAGES,
+                   only: set[str] | None = None) -> float:
     """Corrects the int32 conv biases of a per-tensor quantized `model` in place, against the float file.
 
     Convs are corrected one at a time in graph order, each measured with the ones before it corrected
     (as AIMET's empirical bias correction does): correcting all at once would also "correct" errors that
     only came from upstream, and over-correct. Returns the mean absolute channel error found, in output
-    quantization steps.
+    quantization steps. `only` names the conv outputs to correct (default: all).
     """
     from edgeseg.tflite_edit import serialize
 
-    convs, images = _convs(model), images[:count]
+    convs, images = [c for c in _convs(model) if only is None or c.output in only], images[:count]
     float_outputs = _float_outputs(float_path, convs, images)
     steps = []
     for conv in tqdm(convs, desc="bias correction", unit="conv", file=progress_stream(), leave=False):

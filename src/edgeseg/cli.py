@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default mse for per-tensor, ema for per-channel")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="per-tensor files: move each conv channel's mean quantization error into its bias, "
-                        "measured on 8 calibration images (default on for per-tensor)")
+                        "measured on 8 calibration images; default: for the convs whose weights had to be "
+                        "rounded (a fine-tuned model's), not for weights on their exact QAT grid")
     p.add_argument("--input-size", metavar="N|HxW",
                    help="model input, square N or HxW, e.g. 321 or 360x480 (default 513)")
     add_data_arg(p, "calibration data (int8): a folder of images (no masks needed), a folder with images/, "

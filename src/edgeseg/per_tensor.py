@@ -84,24 +84,26 @@ def _set_quantization(tensor: schema.TensorT, scale: float, zero_point: int) -> 
 
 
 def to_uint8(model: schema.ModelT, float_weights: dict[str, np.ndarray], *,
-             exact_grids: bool = True) -> tuple[int, int]:
+             exact_grids: bool = True) -> tuple[int, list[str]]:
     """Rewrites an int8 model (per-tensor activations) to per-tensor asymmetric uint8, in place.
 
     `float_weights` maps each conv's weight and bias tensor name to its float values (from the float
     model the int8 one was quantized from). Weight ranges: each weight's exact grid where it has one,
-    else the least-squares range (`exact_grids`), or plain min/max. Returns (convs, convs on a grid).
+    else the least-squares range (`exact_grids`), or plain min/max. Returns the number of convs and the
+    output names of those whose weights had to be rounded (no exact grid).
     """
     graph = model.subgraphs[0]
     tensors, buffers = graph.tensors, model.buffers
     rewritten: set[int] = set()
-    on_grid = 0
+    rounded: list[str] = []
     for op in graph.operators:
         if builtin_code(model.operatorCodes[op.opcodeIndex]) not in _CONVS:
             continue
         act, weight, bias = (tensors[i] for i in op.inputs[:3])
         w = float_weights[decoded_name(weight.name)]
         grid = grid_params(w) if exact_grids else None
-        on_grid += grid is not None
+        if grid is None:
+            rounded.append(decoded_name(tensors[op.outputs[0]].name))
         scale, zero_point = grid or (mse_params(w) if exact_grids else minmax_params(w))
         weight.type = schema.TensorType.UINT8
         _set_quantization(weight, scale, zero_point)
@@ -120,5 +122,5 @@ def to_uint8(model: schema.ModelT, float_weights: dict[str, np.ndarray], *,
         data = buffers[tensor.buffer].data if tensor.buffer < len(buffers) else None
         if data is not None and len(data):
             buffers[tensor.buffer].data = (np.asarray(data).view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-    return len(rewritten) // 2, on_grid
+    return len(rewritten) // 2, rounded
 
