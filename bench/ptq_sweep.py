@@ -26,7 +26,7 @@ VOC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "voc" / "VOC2012"
 SETTINGS = [  # (calibration images, granularity, weight ranges, activation ranges, bias correction)
     (64, "per-channel", "mse", "ema", False), (64, "per-channel", "mse", "mse", False),
     (64, "per-tensor", "mse", "ema", False), (64, "per-tensor", "mse", "mse", False),
-    (64, "per-tensor", "mse", "mse", True),
+    (64, "per-tensor", "mse", "mse", True), (64, "per-tensor", "mse", "qat", None),
 ]
 
 
@@ -76,7 +76,8 @@ def main() -> None:
                 path = Path(tmp) / "int8.tflite"
                 export_tflite(model, classes, path, ExportOptions(
                     precision="int8", calib_root=args.data, calib_count=count, granularity=granularity,
-                    weight_ranges=ranges, activation_ranges=activations, bias_correction=bias_correction))
+                    weight_ranges=ranges, activation_ranges=activations, bias_correction=bias_correction,
+                    qat_file=official_tflite(name) if activations == "qat" else None))
                 runtime = LiteRTRuntime(path, num_threads=2)
                 _, holdout_preds = predictions(runtime, holdout, classes)
                 val_result, val_preds = predictions(runtime, val, classes)

@@ -153,15 +153,18 @@ def test_fp32_export_matches_torch_on_val(voc_root, dm05_exports, dm05_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95)])
+@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95), ("deeplabv3_mnv2_dm10_voc", 72.65)])
 def test_imx8mp_per_tensor_matches_the_official_qat_file_on_val(voc_root, tmp_path, name, official):
-    # Target: at least the official per-tensor QAT file on the same images (64.91 here; a 0.3 margin for
-    # other CPUs' float kernels in calibration), and the card's figure reproduces. dm 1.0 (72.36 against
-    # 72.65) is measured by bench/ptq_sweep.py, outside the suite's time budget.
-    from edgeseg.zoo import create_model
+    # Target: at least the official per-tensor QAT file on the same images (64.91 and 72.75 here; a 0.3
+    # margin for other CPUs' float kernels in calibration), and the card's figure reproduces. The export
+    # is the CLI's and the card's: activation ranges as the entry chose them (dm 1.0: the QAT ranges).
+    from edgeseg.zoo import create_model, official_tflite
 
+    entry = get_entry(name)
+    qat_file = official_tflite(name) if entry.per_tensor_activations == "qat" else None
     path = tmp_path / "imx8mp.tflite"
-    export_tflite(create_model(name), VOC_CLASSES, path, ExportOptions(target="imx8mp", calib_root=voc_root))
+    export_tflite(create_model(name), VOC_CLASSES, path,
+                  ExportOptions(target="imx8mp", calib_root=voc_root, qat_file=qat_file))
     miou = 100 * evaluate(LiteRTRuntime(path, num_threads=2), voc(voc_root, "val"), VOC_CLASSES,
                           progress=False).miou
     print(f"{name} per-tensor uint8 (imx8mp): {miou:.2f}, official QAT file {official}")
@@ -322,3 +325,29 @@ def test_bias_correction_removes_the_mean_error_of_per_tensor_weights(voc_root, 
         errors[corrected] = np.abs(np.mean([o - e for o, e in zip(out, expected)], axis=(0, 1, 2, 3))).mean()
     # Measured on train images, the correction lowers the mean logit error on val images several-fold.
     assert errors[None] < 0.5 * errors[False], errors
+
+
+def test_qat_ranges_come_from_the_official_file_for_every_conv_and_residual_add(dm05_exports, dm05_official):
+    from edgeseg.activation_ranges import qat_ranges
+    from edgeseg.tflite_file import TFLiteFile
+
+    ranges = qat_ranges(dm05_exports["fp32"], dm05_official)
+    ours, official = TFLiteFile(dm05_exports["fp32"]), TFLiteFile(dm05_official)
+    convs = [op for op in ours.ops if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    adds = [op for op in ours.ops if op.type == "ADD"]
+    assert len(ranges) == len(convs) + len(adds) == 55 + 10
+    # Each range is one of the official file's output grids, zero exactly on it.
+    grids = {(float(t.scale[0]), int(t.zero_point[0])) for t in official.tensors
+             if t.scale is not None and t.scale.size == 1 and t.data is None}
+    for low, high in ranges.values():
+        scale = (high - low) / 255
+        assert low <= 0 <= high and (scale, round(-low / scale)) in {(pytest.approx(s), z) for s, z in grids}
+
+
+def test_zoo_models_default_to_qat_ranges_per_tensor_and_checkpoints_to_mse(tmp_path):
+    qat = tmp_path / "official.tflite"
+    assert ExportOptions(target="imx8mp", calib_root=tmp_path, qat_file=qat).resolved().activation_ranges == "qat"
+    assert ExportOptions(target="imx8mp", calib_root=tmp_path).resolved().activation_ranges == "mse"
+    assert ExportOptions(calib_root=tmp_path, qat_file=qat).resolved().activation_ranges == "ema"  # per-channel
+    with pytest.raises(EdgesegError, match="needs the official QAT file"):
+        ExportOptions(target="imx8mp", calib_root=tmp_path, activation_ranges="qat").resolved()

@@ -72,3 +72,38 @@ def mse_ranges(float_path: Path, ranges: dict, images: list[np.ndarray], skip: s
         refined[name] = {"min": np.full_like(np.asarray(ranges[name]["min"], np.float32), low),
                          "max": np.full_like(np.asarray(ranges[name]["max"], np.float32), high)}
     return refined
+
+
+def _weight_key(tensor) -> tuple:
+    return tensor.shape, np.round(tensor.dequantized().astype(np.float64) * 2**20).astype(np.int64).tobytes()
+
+
+def qat_ranges(float_path: Path, official_path: Path) -> dict[str, tuple[float, float]]:
+    """Returns {tensor name: (min, max)} of the official QAT file, for the float file's tensors it can match.
+
+    Quantization-aware training learned these ranges together with the weights. A conv is matched by its
+    weights (the zoo imports them exactly), a residual ADD by its matched inputs; their output ranges are
+    the official file's. Tensors left unmatched keep the calibrated ranges.
+    """
+    from edgeseg.tflite_file import TFLiteFile
+
+    ours, official = TFLiteFile(float_path), TFLiteFile(official_path)
+    convs = ("CONV_2D", "DEPTHWISE_CONV_2D")
+    by_weights = {_weight_key(official.tensors[op.inputs[1]]): op for op in official.ops if op.type in convs}
+    matched: dict[int, int] = {}  # our tensor index -> official tensor index
+    for op in ours.ops:
+        twin = by_weights.get(_weight_key(ours.tensors[op.inputs[1]])) if op.type in convs else None
+        if twin is not None:
+            matched[op.outputs[0]] = twin.outputs[0]
+    official_adds = {tuple(sorted(op.inputs)): op for op in official.ops if op.type == "ADD"}
+    for op in ours.ops:
+        if op.type == "ADD" and all(i in matched for i in op.inputs):
+            twin = official_adds.get(tuple(sorted(matched[i] for i in op.inputs)))
+            if twin is not None:
+                matched[op.outputs[0]] = twin.outputs[0]
+    ranges = {}
+    for mine, theirs in matched.items():
+        tensor = official.tensors[theirs]
+        scale, zero_point = float(tensor.scale[0]), int(tensor.zero_point[0])
+        ranges[ours.tensors[mine].name] = (-zero_point * scale, (255 - zero_point) * scale)
+    return ranges

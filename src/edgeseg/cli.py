@@ -126,6 +126,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         calib_root=args.data, calib_split=args.split, calib_count=args.calib_count,
         weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
         bias_correction=args.bias_correction, input_size=parse_size(args.input_size) if args.input_size else 513,
+        qat_file=_qat_file(args),
     ).resolved()  # conflicting options fail here, before the model is built
     calibration = ""
     if options.precision == "int8":  # so does missing calibration data
@@ -149,6 +150,20 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
 
 
+def _qat_file(args: argparse.Namespace) -> Path | None:
+    """The official QAT file of a zoo model when its learned activation ranges are asked for: explicitly
+    (`--activation-ranges qat`), or by default where the entry chose them for per-tensor files."""
+    if args.activation_ranges not in (None, "qat") or getattr(args, "weights", None) is not None:
+        return None
+    from edgeseg.registry import get_entry
+    from edgeseg.zoo import official_tflite
+
+    entry = get_entry(args.model or DEFAULT_MODEL)
+    if args.activation_ranges is None and entry.per_tensor_activations != "qat":
+        return None
+    return official_tflite(entry.name)
+
+
 def export_suffixes(options) -> list[str]:
     """Returns file-name parts for every export option that differs from its default."""
     from edgeseg.export import DEFAULT_ACTIVATION_RANGES
@@ -161,8 +176,8 @@ def export_suffixes(options) -> list[str]:
         parts += [] if options.input == "uint8" else [f"{options.input}_input"]
         parts += [] if options.granularity == "per-channel" else ["per_tensor"]
         parts += [] if options.weight_ranges == "mse" else [f"{options.weight_ranges}_weights"]
-        parts += [] if options.activation_ranges == DEFAULT_ACTIVATION_RANGES[options.granularity] \
-            else [f"{options.activation_ranges}_activations"]
+        defaults = {DEFAULT_ACTIVATION_RANGES[options.granularity]} | ({"qat"} if options.qat_file else set())
+        parts += [] if options.activation_ranges in defaults else [f"{options.activation_ranges}_activations"]
     return parts
 
 
@@ -374,9 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: per-channel int8 (default; CPUs, GPUs) or per-tensor uint8 (NPUs)")
     p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",
                    help="weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
-    p.add_argument("--activation-ranges", choices=["ema", "mse"],
-                   help="activation ranges: ema (moving min/max) or mse (least squared error); "
-                        "default mse for per-tensor, ema for per-channel")
+    p.add_argument("--activation-ranges", choices=["ema", "mse", "qat"],
+                   help="activation ranges: ema (moving min/max), mse (least squared error), or qat (a zoo "
+                        "model's ranges learned by quantization-aware training, read from its official file; "
+                        "mse for tensors it has no twin of); default: per-tensor qat for zoo models, mse for "
+                        "checkpoints; per-channel ema")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="per-tensor files: move each conv channel's mean quantization error into its bias, "
                         "measured on 8 calibration images; default: for the convs whose weights had to be "

@@ -59,6 +59,8 @@ class ExportOptions:
     # Per-tensor only: empirical bias correction of every conv (True), none (False), or (None, the default)
     # of the convs whose weights had no exact grid, as a fine-tuned model's (bias_correction.py).
     bias_correction: bool | None = None
+    # The official QAT file the weights came from: `qat` activation ranges read it (the per-tensor default then).
+    qat_file: Path | None = None
 
     def resolved(self) -> ExportOptions:
         """Returns the options with defaults filled in, or raises on a conflicting combination."""
@@ -67,7 +69,7 @@ class ExportOptions:
                                        ("input", options.input, INPUTS), ("output", options.output, OUTPUTS),
                                        ("granularity", options.granularity, GRANULARITIES),
                                        ("weight-ranges", options.weight_ranges, ("mse", "minmax")),
-                                       ("activation-ranges", options.activation_ranges, ("ema", "mse"))):
+                                       ("activation-ranges", options.activation_ranges, ("ema", "mse", "qat"))):
             if value is not None and value not in allowed:
                 raise EdgesegError(f"--{option} must be one of {', '.join(allowed)}, got {value!r}")
         options = replace(options, input_size=input_hw(options.input_size))
@@ -87,10 +89,16 @@ class ExportOptions:
         if options.granularity == "per-tensor" and options.input == "int8":
             raise EdgesegError("--granularity per-tensor files are uint8 throughout: use --input uint8 or float32")
         granularity = options.granularity or "per-channel"
+        if options.activation_ranges == "qat" and options.qat_file is None:
+            raise EdgesegError("--activation-ranges qat needs the official QAT file the weights came from: "
+                               "a zoo model (not --weights or --tflite)")
         if options.bias_correction and granularity != "per-tensor":
             raise EdgesegError("--bias-correction applies to per-tensor files (--granularity per-tensor or a --target)")
+        activation_ranges = options.activation_ranges or DEFAULT_ACTIVATION_RANGES[granularity]
+        if options.activation_ranges is None and granularity == "per-tensor" and options.qat_file is not None:
+            activation_ranges = "qat"  # the learned ranges, where the weights are the official file's
         return replace(options, input=options.input or "uint8", granularity=granularity,
-                       activation_ranges=options.activation_ranges or DEFAULT_ACTIVATION_RANGES[granularity],
+                       activation_ranges=activation_ranges,
                        bias_correction=False if granularity == "per-channel" else options.bias_correction)
 
     def _with_target(self) -> ExportOptions:
@@ -227,9 +235,17 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
     # pixels map onto it with zero point 128, as in the official files.
     ranges[input_name] = {k: np.full_like(np.asarray(v, np.float32), -1.0 if k == "min" else 127 / 128)
                           for k, v in ranges[input_name].items()}
-    if options.activation_ranges == "mse":
+    learned = {}
+    if options.activation_ranges == "qat":
+        from edgeseg.activation_ranges import qat_ranges
+
+        learned = qat_ranges(float_path, options.qat_file)
+    if options.activation_ranges in ("mse", "qat"):
         constants = {t.name for t in float_file.tensors if t.data is not None}
-        ranges = mse_ranges(float_path, ranges, images, skip=constants | {input_name})
+        ranges = mse_ranges(float_path, ranges, images, skip=constants | {input_name} | set(learned))
+    for name, (low, high) in learned.items():
+        ranges[name] = {k: np.full_like(np.asarray(v, np.float32), low if k == "min" else high)
+                        for k, v in ranges[name].items()}
     if options.granularity == "per-channel" and options.weight_ranges == "mse":
         ranges.update(_weight_ranges(float_path))
     with _quiet_progress():

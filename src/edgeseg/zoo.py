@@ -162,8 +162,9 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
     base = get_entry(metadata["edgeseg_base"])
     classes = tuple(json.loads(metadata["class_names"]))
+    # Fine-tuned weights left the official file behind, and its learned activation ranges with it.
     return replace(base, name=path.stem, class_names=classes, published={}, measured={},
-                   dataset=f"fine-tuned from {base.name} to {', '.join(classes)}")
+                   dataset=f"fine-tuned from {base.name} to {', '.join(classes)}", per_tensor_activations="mse")
 
 
 def load_checkpoint(path: str | Path):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from edgeseg.data import RemappedDataset, label_lut, open_dataset
 from edgeseg.errors import EdgesegError
 from edgeseg.files import ensure_writable_dir
+from edgeseg.labelsets import source_classes
 from edgeseg.registry import ModelEntry, get_entry
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
@@ -136,7 +137,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     out = Path(config.out)
     if not resume and (out / "state.pt").exists():
         raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another -o/--output")
-    if baseline and lut is None and names != base_entry.class_names:
+    if baseline and lut is None and set(source_classes(base_entry.class_names, names)) != set(names):
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
     if dist.is_main:
         ensure_writable_dir(out)
