@@ -135,3 +135,20 @@ def _output_scale(model: schema.ModelT, conv: _Conv) -> float:
         if decoded_name(tensor.name) == conv.output:
             return float(tensor.quantization.scale[0])
     return 1.0
+
+
+def _labels(interpreter, image: np.ndarray) -> np.ndarray:
+    _run(interpreter, image)
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return out if np.issubdtype(out.dtype, np.integer) and out.ndim == 3 else out.argmax(-1)
+
+
+def agreement(float_path: Path, quantized: bytes, images: list[np.ndarray]) -> float:
+    """Returns the share of pixels whose label (the argmax output, or the argmax of the logits) the
+    quantized file and the float file agree on, over `images`."""
+    float_interp, quant_interp = _interpreter(float_path), _interpreter(quantized)
+    same = total = 0
+    for image in images:
+        a, b = _labels(float_interp, image), _labels(quant_interp, image)
+        same, total = same + int((a == b).sum()), total + a.size
+    return same / max(total, 1)
