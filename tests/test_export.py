@@ -153,11 +153,12 @@ def test_fp32_export_matches_torch_on_val(voc_root, dm05_exports, dm05_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95), ("deeplabv3_mnv2_dm10_voc", 72.65)])
+@pytest.mark.parametrize("name, official", [("deeplabv3_mnv2_dm05_voc", 63.95)])
 def test_imx8mp_per_tensor_matches_the_official_qat_file_on_val(voc_root, tmp_path, name, official):
-    # Target: at least the official per-tensor QAT file on the same images (64.91 and 72.75 here; a 0.3
-    # margin for other CPUs' float kernels in calibration), and the card's figure reproduces. The export
-    # is the CLI's and the card's: activation ranges as the entry chose them (dm 1.0: the QAT ranges).
+    # Target: at least the official per-tensor QAT file on the same images (64.91 here; a 0.3 margin for
+    # other CPUs' float kernels in calibration), and the card's figure reproduces. The export is the CLI's
+    # and the card's: activation ranges as the entry chose them. dm 1.0 (72.75 against 72.65, with its
+    # QAT ranges) takes 2.5 more minutes: bench/ptq_sweep.py --settings 5 measures it, outside the suite.
     from edgeseg.zoo import create_model, official_tflite
 
     entry = get_entry(name)
@@ -341,7 +342,8 @@ def test_qat_ranges_come_from_the_official_file_for_every_conv_and_residual_add(
              if t.scale is not None and t.scale.size == 1 and t.data is None}
     for low, high in ranges.values():
         scale = (high - low) / 255
-        assert low <= 0 <= high and (scale, round(-low / scale)) in {(pytest.approx(s), z) for s, z in grids}
+        assert low <= 0 <= high
+        assert any(abs(scale - s) <= 1e-6 * s and round(-low / scale) == z for s, z in grids), (low, high)
 
 
 def test_zoo_models_default_to_qat_ranges_per_tensor_and_checkpoints_to_mse(tmp_path):
