@@ -145,7 +145,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print("  tensor types " + ", ".join(f"{k} {v}" for k, v in report["tensor_types"].items()))
     if options.precision == "int8":
         print(f"  float compute ops: {report['float_compute_ops'] or 'none'}; "
-              f"calibrated on {report['calibration_images']} images of {calibration}")
+              f"calibrated on {report['calibration_images']} images of {calibration}; "
+              f"activation ranges {options.activation_ranges}")
     if report["exact_weights"]:
         print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
 
