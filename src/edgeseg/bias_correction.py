@@ -61,24 +61,28 @@ def _interpreter(content: bytes | Path):
     return interpreter
 
 
-def _run(interpreter, image: np.ndarray) -> dict[str, dict]:
+def _tensor_details(interpreter) -> dict[str, dict]:
+    return {d["name"]: d for d in interpreter.get_tensor_details()}
+
+
+def _run(interpreter, image: np.ndarray) -> None:
     """Runs on a float image (x*2/255-1), quantized first if the file takes integers."""
+    from edgeseg.runtimes.litert import _quantize_values
+
     detail = interpreter.get_input_details()[0]
     if np.issubdtype(detail["dtype"], np.integer):
-        scale, zero_point = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        image = np.clip(np.round(image / scale) + zero_point, info.min, info.max).astype(detail["dtype"])
+        image = _quantize_values(image, *detail["quantization"], detail["dtype"])
     interpreter.set_tensor(detail["index"], image)
     interpreter.invoke()
-    return {d["name"]: d for d in interpreter.get_tensor_details()}
 
 
 def _float_outputs(float_path: Path, convs: list[_Conv], images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
     interpreter = _interpreter(float_path)
+    details = _tensor_details(interpreter)
     outputs = []
     for image in tqdm(images, desc="bias correction: float model", unit="img", file=progress_stream(),
                       leave=False):
-        details = _run(interpreter, image)
+        _run(interpreter, image)
         outputs.append({c.output: interpreter.get_tensor(details[c.output]["index"]).copy()
                         for c in convs if c.output in details})
     return outputs
@@ -88,17 +92,18 @@ def _mean_error(quantized: bytes, conv: _Conv, images: list[np.ndarray],
                 float_outputs: list[dict[str, np.ndarray]]) -> np.ndarray | None:
     """Returns the per-channel mean (quantized - float) of one conv output at its linear positions."""
     interpreter = _interpreter(quantized)
+    detail = _tensor_details(interpreter).get(conv.output)
+    if detail is None or any(conv.output not in floats for floats in float_outputs):
+        return None
+    scale, zero_point = detail["quantization"]
+    q_low, q_high = (np.array([0.0, 255.0]) - zero_point) * scale
+    lower = max(0.0 if conv.activation in _LINEAR_UPPER else -np.inf, q_low)
+    upper = min(_LINEAR_UPPER.get(conv.activation, np.inf), q_high)
     total, count = 0.0, 0
     for image, floats in zip(images, float_outputs):
-        details = _run(interpreter, image)
-        if conv.output not in details or conv.output not in floats:
-            return None
-        detail, f = details[conv.output], floats[conv.output]
-        scale, zero_point = detail["quantization"]
+        _run(interpreter, image)
+        f = floats[conv.output]
         dequantized = (interpreter.get_tensor(detail["index"]).astype(np.float32) - zero_point) * scale
-        q_low, q_high = (np.array([0.0, 255.0]) - zero_point) * scale
-        lower = max(0.0 if conv.activation in _LINEAR_UPPER else -np.inf, q_low)
-        upper = min(_LINEAR_UPPER.get(conv.activation, np.inf), q_high)
         linear = ((f > lower) & (f < upper)).reshape(-1, f.shape[-1])
         total = total + np.where(linear, (dequantized - f).reshape(linear.shape), 0.0).sum(0, dtype=np.float64)
         count = count + linear.sum(0)
@@ -106,19 +111,17 @@ def _mean_error(quantized: bytes, conv: _Conv, images: list[np.ndarray],
 
 
 def correct_biases(model: schema.ModelT, float_path: Path, images: list[np.ndarray], count: int = IMAGES,
-                   only: set[str] | None = None) -> float:
+                   only: set[str] | None = None) -> None:
     """Corrects the int32 conv biases of a per-tensor quantized `model` in place, against the float file.
 
     Convs are corrected one at a time in graph order, each measured with the ones before it corrected
     (as AIMET's empirical bias correction does): correcting all at once would also "correct" errors that
-    only came from upstream, and over-correct. Returns the mean absolute channel error found, in output
-    quantization steps. `only` names the conv outputs to correct (default: all).
+    only came from upstream, and over-correct. `only` names the conv outputs to correct (default: all).
     """
     from edgeseg.tflite_edit import serialize
 
     convs, images = [c for c in _convs(model) if only is None or c.output in only], images[:count]
     float_outputs = _float_outputs(float_path, convs, images)
-    steps = []
     for conv in tqdm(convs, desc="bias correction", unit="conv", file=progress_stream(), leave=False):
         error = _mean_error(serialize(model), conv, images, float_outputs)
         if error is None:
@@ -128,13 +131,6 @@ def correct_biases(model: schema.ModelT, float_path: Path, images: list[np.ndarr
         corrected = np.clip(bias - np.round(error / bias_scale).astype(np.int64),
                             np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
         conv.buffer.data = corrected.view(np.uint8)
-        steps.append(np.abs(error).mean() / _output_scale(model, conv))
-    return float(np.mean(steps)) if steps else 0.0
-def _output_scale(model: schema.ModelT, conv: _Conv) -> float:
-    for tensor in model.subgraphs[0].tensors:
-        if decoded_name(tensor.name) == conv.output:
-            return float(tensor.quantization.scale[0])
-    return 1.0
 
 
 def _labels(interpreter, image: np.ndarray) -> np.ndarray:
