@@ -29,6 +29,33 @@ def test_large_images_are_resized_to_513_on_the_longer_side():
     assert fit_to_input(np.zeros((2000, 100, 3), np.uint8), 513).shape == (513, 26, 3)
 
 
+def test_upscale_enlarges_small_frames_to_the_largest_size_that_fits(rng):
+    frame = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    assert fit_to_input(frame, (545, 721), upscale=True).shape == (541, 721, 3)  # 1.502x: width binds
+    assert fit_to_input(frame, (545, 721)).shape == (360, 480, 3)  # DeepLab's rule: smaller frames only pad
+    assert fit_to_input(frame, 513, upscale=True).shape == (385, 513, 3)
+    assert fit_to_input(np.zeros((600, 1026, 3), np.uint8), 513, upscale=True).shape == (300, 513, 3)
+    same = fit_to_input(frame, (360, 480), upscale=True)
+    assert same is frame  # already the input size: not resampled
+
+
+class _UpscalingRuntime:
+    name, input_size, num_classes, upscale = "stub", (200, 300), 2, True
+
+    def predict(self, pixels):
+        self.seen = pixels.shape
+        return (pixels[..., 0] > 127).astype(np.uint8)
+
+
+def test_segment_enlarges_for_an_upscaling_runtime_and_returns_the_frame_size(rng):
+    runtime = _UpscalingRuntime()
+    frame = np.zeros((50, 100, 3), np.uint8)
+    frame[:, 50:] = 255
+    labels = segment(frame, runtime)
+    assert runtime.seen == (150, 300, 3) and labels.shape == (50, 100)
+    assert (labels[:, :50] == 0).all() and (labels[:, 50:] == 1).all()
+
+
 def test_logits_upsampling_matches_torch_align_corners(rng):
     logits = rng.normal(size=(33, 33, 21)).astype(np.float32)
     ours = labels_from_logits(logits, 513, 375, 500)

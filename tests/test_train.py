@@ -387,3 +387,43 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_voc, tmp_path):
     losses = [[r["loss"] for r in map(json.loads, (o / "log.jsonl").read_text().splitlines()) if "loss" in r]
               for o in (ddp_out, single_out)]
     assert np.allclose(*losses, rtol=1e-5)
+
+
+def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(tiny_voc, tmp_path, capsys):
+    from edgeseg.backends import open_model
+    from edgeseg.registry import Preprocess
+    from edgeseg.training.data import enlarge_to_fit
+    from edgeseg.zoo import checkpoint_entry
+
+    # A VOC pair (at most 500 px) is enlarged to fit 641x641, the mask nearest-neighbour (no new labels).
+    train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
+    image, mask = train.load(train.samples[0])
+    big_image, big_mask = enlarge_to_fit(image, mask, Preprocess(input_size=641, upscale=True))
+    assert max(big_image.shape[:2]) == 641 and big_image.shape[:2] == big_mask.shape
+    assert set(np.unique(big_mask)) <= set(np.unique(mask))
+
+    out = tmp_path / "up"
+    assert _train(*_tiny_args(tiny_voc, out, "--epochs", 1, "--input-size", 641, "--upscale")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["input_size"] == "641" and config["upscale"] is True
+    # The checkpoint runs as it was validated: at 641x641, the val frame enlarged to fit.
+    entry = checkpoint_entry(out / "best.safetensors")
+    assert entry.preprocess.input_size == (641, 641) and entry.preprocess.upscale
+    opened = open_model(weights=out / "best.safetensors")
+    assert opened.runtime.upscale and opened.runtime.input_size == (641, 641)
+    val = RemappedDataset(open_dataset(tiny_voc, "val"), label_lut("voc", NAMES), NAMES, 1)
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]["val_miou"]
+    assert abs(100 * evaluate(opened.runtime, val, NAMES, progress=False).miou - logged) < 1e-3
+    # A resume cannot change the input handling.
+    assert _train("--resume", out, "--input-size", 513) == 2
+    assert "--input-size 513 differs" in capsys.readouterr().err
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "bad", "--input-size", "12x")) == 2
+    assert "--input-size" in capsys.readouterr().err
+
+    # The export defaults to the checkpoint's input size and records the upscale, which the file then applies.
+    path = tmp_path / "up.tflite"
+    assert cli_main(["export", "--weights", str(out / "best.safetensors"), "--precision", "fp32",
+                     "-o", str(path)]) == 0
+    exported = open_model(tflite=path)
+    assert exported.runtime.upscale and exported.runtime.input_size == (641, 641)
+    assert exported.class_names == NAMES

@@ -22,7 +22,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import Runtime
 
 if TYPE_CHECKING:
-    from edgeseg.registry import ModelEntry
+    from edgeseg.registry import ModelEntry, Preprocess
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 BACKENDS = ("litert", "torch")
@@ -72,7 +72,8 @@ def _without_litert_info() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def _open_torch(source: object, *, num_classes: int | None = None, name: str = "torch", **_: object) -> Runtime:
+def _open_torch(source: object, *, num_classes: int | None = None, name: str = "torch",
+                preprocess: Preprocess | None = None, **_: object) -> Runtime:
     if isinstance(source, str | Path):
         raise EdgesegError(f"{source}: the torch backend runs a torch model, not a file; use litert for .tflite")
     if not torch_available():
@@ -81,7 +82,9 @@ def _open_torch(source: object, *, num_classes: int | None = None, name: str = "
 
     if num_classes is None:
         raise EdgesegError("the torch backend needs num_classes")
-    return TorchRuntime(source, num_classes=num_classes, name=name)
+    if preprocess is None:
+        return TorchRuntime(source, num_classes=num_classes, name=name)
+    return TorchRuntime(source, num_classes=num_classes, name=name, preprocess=preprocess)
 
 
 # backend name -> function(source, **options) returning a Runtime
@@ -90,10 +93,10 @@ OPENERS: dict[str, Callable[..., Runtime]] = {"litert": _open_litert, "torch": _
 
 def open_runtime(source: str | Path | object, backend: str = "litert", *, threads: int | None = None,
                  delegate: str | Path | None = None, num_classes: int | None = None,
-                 name: str | None = None) -> Runtime:
+                 name: str | None = None, preprocess: Preprocess | None = None) -> Runtime:
     """Returns a runtime for `source`: a .tflite path (backend "litert") or a torch module ("torch").
 
-    threads and delegate apply to LiteRT; num_classes and name to torch.
+    threads and delegate apply to LiteRT; num_classes, name and preprocess (input size, upscale) to torch.
     """
     opener = OPENERS.get(backend)
     if opener is None:
@@ -101,6 +104,8 @@ def open_runtime(source: str | Path | object, backend: str = "litert", *, thread
     options: dict[str, object] = {"threads": threads, "delegate": delegate, "num_classes": num_classes}
     if name is not None:
         options["name"] = name
+    if preprocess is not None:
+        options["preprocess"] = preprocess
     return opener(source, **options)
 
 
@@ -115,10 +120,20 @@ def torch_available() -> bool:
 
 def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
     """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
-    from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
+    return _tflite_metadata(path, num_classes)[0]
+
+
+def _tflite_metadata(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], bool]:
+    """Returns (class names, upscale) from one read of the file (see `tflite_class_names`)."""
+    from edgeseg.tflite_file import CLASSES_METADATA, UPSCALE_METADATA, TFLiteFile
+
+    file = TFLiteFile(path)
+    return _class_names(file.metadata(CLASSES_METADATA), num_classes), file.metadata(UPSCALE_METADATA) == b"1"
+
+
+def _class_names(stored: bytes | None, num_classes: int) -> tuple[str, ...]:
     from edgeseg.voc import VOC_CLASSES
 
-    stored = TFLiteFile(path).metadata(CLASSES_METADATA)
     if stored:
         return tuple(json.loads(stored.decode()))
     if num_classes in (0, len(VOC_CLASSES)):
@@ -160,13 +175,14 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
         if backend == "torch":
             raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
         runtime = open_runtime(tflite, "litert", threads=threads)
-        names = tflite_class_names(tflite, runtime.num_classes)
+        names, runtime.upscale = _tflite_metadata(tflite, runtime.num_classes)
         return OpenedModel(runtime, names, str(tflite), Path(tflite).name, "litert")
     if weights is not None:
         if backend == "litert":
             raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
         net, entry = load_torch_model(weights=weights)
-        runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{Path(weights).name}")
+        runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{Path(weights).name}",
+                               preprocess=entry.preprocess)
         return OpenedModel(runtime, entry.class_names, str(weights), Path(weights).name, "torch")
     from edgeseg.registry import get_entry
 

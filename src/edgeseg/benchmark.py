@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.backends import open_runtime
-from edgeseg.pipeline import fit_to_input, load_image, restore_size
+from edgeseg.pipeline import fit_for, load_image, restore_size
 
 STAGES = ("decode", "preprocess", "invoke", "postprocess")
 
@@ -53,7 +53,7 @@ def benchmark_file(
         t0 = time.perf_counter()
         pixels = load_image(image)
         t1 = time.perf_counter()
-        fitted = fit_to_input(pixels, runtime.input_size)
+        fitted = fit_for(pixels, runtime)
         runtime.set_input(fitted)
         t2 = time.perf_counter()
         runtime.invoke()

@@ -121,11 +121,13 @@ def load_torch_model(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace) -> None:
     from edgeseg.export import ExportOptions, export_tflite
 
+    preprocess = _model_preprocess(args)  # a checkpoint trained for another input size brings its own
     options = ExportOptions(
         precision=args.precision, input=args.input, output=args.output_kind, granularity=args.granularity,
         calib_root=args.data, calib_split=args.split, calib_count=args.calib_count,
         weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
-        bias_correction=args.bias_correction, input_size=parse_size(args.input_size) if args.input_size else 513,
+        bias_correction=args.bias_correction, upscale=preprocess.upscale,
+        input_size=parse_size(args.input_size) if args.input_size else preprocess.input_size,
         qat_file=_qat_file(args),
     ).resolved()  # conflicting options fail here, before the model is built
     calibration = ""
@@ -149,6 +151,17 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"activation ranges {options.activation_ranges}")
     if report["exact_weights"]:
         print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
+
+
+def _model_preprocess(args: argparse.Namespace):
+    """The preprocessing of --weights CHECKPOINT (its metadata) or --model NAME, read without building it."""
+    if getattr(args, "weights", None) is not None:
+        from edgeseg.zoo import checkpoint_entry
+
+        return checkpoint_entry(args.weights).preprocess
+    from edgeseg.registry import get_entry
+
+    return get_entry(args.model or DEFAULT_MODEL).preprocess
 
 
 def _qat_file(args: argparse.Namespace) -> Path | None:

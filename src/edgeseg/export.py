@@ -33,7 +33,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, check_output_file
 from edgeseg.logs import progress_stream, status, third_party_output
 from edgeseg.pipeline import DEEPLAB, Size, input_hw, load_image, normalize_and_pad
-from edgeseg.tflite_file import CLASSES_METADATA, TFLiteFile
+from edgeseg.tflite_file import CLASSES_METADATA, UPSCALE_METADATA, TFLiteFile
 
 PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
     ("argmax", "logits"), ("per-channel", "per-tensor")
@@ -53,6 +53,7 @@ class ExportOptions:
     calib_split: str = "train"
     calib_count: int = 64
     input_size: Size = 513
+    upscale: bool = False  # the model was trained on enlarged frames; recorded in the file, used in calibration
     weight_ranges: str = "mse"  # weight scales: "mse" (exact QAT grids where they exist) or "minmax"
     activation_ranges: str | None = None  # "ema" (the quantizer's moving min/max) or "mse"; default by granularity
     target: str | None = None  # a TARGETS preset
@@ -137,7 +138,8 @@ class DeployModel(nn.Module):
         return up.permute(0, 2, 3, 1).argmax(dim=-1)
 
 
-def calibration_images(root: Path, split: str, count: int, input_size: Size) -> list[np.ndarray]:
+def calibration_images(root: Path, split: str, count: int, input_size: Size,
+                       upscale: bool = False) -> list[np.ndarray]:
     """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset or a plain folder of images (no
     masks needed); warns if fewer exist."""
     from edgeseg.data import open_images
@@ -154,7 +156,7 @@ def calibration_images(root: Path, split: str, count: int, input_size: Size) -> 
               f"using {len(paths)}", file=sys.stderr)
     images = []
     for path in tqdm(paths, desc="calibration images", unit="img", file=sys.stderr, leave=False):
-        pixels = fit_to_input(load_image(path), input_size)
+        pixels = fit_to_input(load_image(path), input_size, upscale)
         images.append(normalize_and_pad(pixels, input_size, DEEPLAB)[None])
     return images
 
@@ -305,8 +307,8 @@ def export_tflite(
     options = options.resolved()
     path = Path(path)
     check_output_file(path)  # fail before minutes of conversion, not after
-    images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size)
-              if options.precision == "int8" else [])
+    images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size,
+                                 options.upscale) if options.precision == "int8" else [])
     start = time.perf_counter()
     wrapper = DeployModel(model.eval(), options.output).eval()
     sample = torch.zeros(1, *options.input_size, 3)
@@ -323,6 +325,8 @@ def export_tflite(
         if options.input != native_input:
             retype_input(tfl_model, options.input)
     add_metadata(tfl_model, CLASSES_METADATA, json.dumps(list(class_names)).encode())
+    if options.upscale:
+        add_metadata(tfl_model, UPSCALE_METADATA, b"1")
     with atomic_path(path) as tmp_path:
         tmp_path.write_bytes(serialize(tfl_model))
         report = inspect_tflite(tmp_path)

@@ -116,5 +116,9 @@ class MappedRuntime:
         self.runtime, self.lut, self.num_classes = runtime, lut, num_classes
         self.name, self.input_size = f"{runtime.name}->mapped", runtime.input_size
 
+    @property
+    def upscale(self) -> bool:
+        return getattr(self.runtime, "upscale", False)
+
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         return self.lut[self.runtime.predict(pixels)]

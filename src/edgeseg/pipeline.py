@@ -40,7 +40,10 @@ def parse_size(text: str, low: int = 33, high: int = 2049) -> tuple[int, int]:
 
 
 class Runtime(Protocol):
-    """What predict, evaluate and benchmark need from a backend (PyTorch or LiteRT)."""
+    """What predict, evaluate and benchmark need from a backend (PyTorch or LiteRT).
+
+    A runtime may also set `upscale = True`: frames smaller than its input are then enlarged to fit it.
+    """
 
     name: str
     input_size: tuple[int, int]  # (height, width) of the model input
@@ -105,18 +108,26 @@ def _wide_grey_to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def fit_to_input(pixels: np.ndarray, input_size: Size) -> np.ndarray:
+def fit_to_input(pixels: np.ndarray, input_size: Size, upscale: bool = False) -> np.ndarray:
     """Returns the pixels unchanged if they fit the input, else resized (bilinear, aspect kept) to fit.
 
-    For a square input this is DeepLab's rule: the longer side becomes input_size.
+    For a square input this is DeepLab's rule: the longer side becomes input_size. With `upscale`, smaller
+    pixels are enlarged to fit too (the largest size that fits, aspect kept).
     """
     height, width = pixels.shape[:2]
     max_height, max_width = input_hw(input_size)
-    if height <= max_height and width <= max_width:
-        return pixels
     ratio = min(max_height / height, max_width / width)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    if ratio >= 1 and not upscale:
+        return pixels
+    size = (min(max_width, max(1, round(width * ratio))), min(max_height, max(1, round(height * ratio))))
+    if size == (width, height):
+        return pixels
     return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
+
+
+def fit_for(pixels: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Returns the pixels resized as `runtime` expects them (`fit_to_input` with the runtime's upscale)."""
+    return fit_to_input(pixels, runtime.input_size, getattr(runtime, "upscale", False))
 
 
 def normalize_and_pad(pixels: np.ndarray, input_size: Size, cfg: Preprocess = DEEPLAB) -> np.ndarray:
@@ -175,6 +186,6 @@ def segment(pixels: np.ndarray, runtime: Runtime) -> np.ndarray:
     """Returns uint8 labels (H, W) for uint8 RGB pixels (H, W, 3) of any size."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise EdgesegError(f"expected uint8 RGB pixels of shape (H, W, 3), got {pixels.dtype} {pixels.shape}")
-    fitted = fit_to_input(pixels, runtime.input_size)
+    fitted = fit_for(pixels, runtime)
     labels = runtime.predict(fitted)
     return restore_size(labels, *pixels.shape[:2])

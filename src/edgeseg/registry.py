@@ -28,12 +28,17 @@ class WeightsFile:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """DeepLab preprocessing: x * scale + offset, padded bottom/right to input_size with pad_value."""
+    """DeepLab preprocessing: x * scale + offset, padded bottom/right to input_size with pad_value.
 
-    input_size: int = 513
+    Frames larger than the input are resized to fit it (DeepLab's rule); with `upscale`, smaller ones are
+    enlarged to fit it too, for models trained on frames enlarged that way (small objects grow).
+    """
+
+    input_size: int | tuple[int, int] = 513  # N or (height, width)
     scale: float = 2.0 / 255.0
     offset: float = -1.0
     pad_value: float = 0.0  # the mean pixel after scaling
+    upscale: bool = False
 
 
 @dataclass(frozen=True)

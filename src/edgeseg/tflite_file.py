@@ -17,6 +17,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 from edgeseg.errors import EdgesegError
 
 CLASSES_METADATA = "edgeseg_class_names"  # metadata entry where edgeseg exports keep their class names
+# Present (b"1") in exports of models trained on enlarged frames: smaller frames are enlarged to fit the input.
+UPSCALE_METADATA = "edgeseg_upscale"
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _NUMPY_TYPES = {

@@ -314,7 +314,7 @@ def segment_video(
     from tqdm import tqdm
 
     from edgeseg.api import blend_image
-    from edgeseg.pipeline import fit_to_input, restore_size
+    from edgeseg.pipeline import fit_for, restore_size
 
     out_fps = video.fps / every
     writer = VideoWriter(output, video.width, video.height, out_fps)
@@ -354,7 +354,7 @@ def segment_video(
             if failure:
                 break
             t0 = time.perf_counter()
-            fitted = fit_to_input(pixels, runtime.input_size)
+            fitted = fit_for(pixels, runtime)
             if has_steps:  # LiteRT: time each step
                 runtime.set_input(fitted)
                 t1 = time.perf_counter()

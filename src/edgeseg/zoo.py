@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path
+from edgeseg.pipeline import input_hw, parse_size
 from edgeseg.registry import ModelEntry, get_entry, get_family
 from edgeseg.weights import cache_dir, resolve_weights
 
@@ -143,6 +144,9 @@ def load_state_checked(model, state: dict, source: str) -> None:
 def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) -> None:
     """Writes model weights as safetensors, with the base entry and class names in the metadata."""
     metadata = {"edgeseg_base": base_name, "class_names": json.dumps(list(entry.class_names))}
+    if entry.preprocess.upscale or input_hw(entry.preprocess.input_size) != (513, 513):
+        metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
+        metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
     _atomic_save_safetensors(model.state_dict(), Path(path), metadata)
 
 
@@ -162,8 +166,15 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
     base = get_entry(metadata["edgeseg_base"])
     classes = tuple(json.loads(metadata["class_names"]))
+    preprocess = base.preprocess
+    if "input_size" in metadata:  # trained for another input size, or on enlarged frames
+        try:
+            size = parse_size(metadata["input_size"])
+        except EdgesegError:
+            raise EdgesegError(f"{path}: bad input_size metadata {metadata['input_size']!r}") from None
+        preprocess = replace(preprocess, input_size=size, upscale=metadata.get("upscale") == "1")
     # Fine-tuned weights left the official file behind, and its learned activation ranges with it.
-    return replace(base, name=path.stem, class_names=classes, published={}, measured={},
+    return replace(base, name=path.stem, class_names=classes, published={}, measured={}, preprocess=preprocess,
                    dataset=f"fine-tuned from {base.name} to {', '.join(classes)}", per_tensor_activations="mse")
 
 

@@ -94,6 +94,7 @@ class LiteRTRuntime:
         elif self._dtype != np.float32:
             raise EdgesegError(f"{self.path}: unsupported input type {self._dtype}")
         self._preprocess = preprocess
+        self.upscale = preprocess.upscale  # open_model sets it from the file's metadata
 
     @staticmethod
     def _load_delegate(path: str | Path):

@@ -13,12 +13,14 @@ class TorchRuntime:
     """Runs a DeepLabV3 torch module on the CPU (or `device`), under inference mode."""
 
     def __init__(
-        self, model: torch.nn.Module, *, num_classes: int, input_size: Size = 513,
+        self, model: torch.nn.Module, *, num_classes: int, input_size: Size | None = None,
         preprocess: Preprocess = DEEPLAB, device: str = "cpu", name: str = "torch",
     ) -> None:
+        """input_size defaults to the preprocessing's; frames are enlarged to fit it if preprocess.upscale."""
         self.model = model.eval().to(device)
         self.device = device
-        self.input_size = input_hw(input_size)
+        self.input_size = input_hw(preprocess.input_size if input_size is None else input_size)
+        self.upscale = preprocess.upscale
         self.num_classes = num_classes
         self.name = name
         self._preprocess = preprocess

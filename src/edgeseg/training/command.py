@@ -55,6 +55,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-weights", choices=CLASS_WEIGHT_MODES,
                    help="loss weight per class: none (default), or median-frequency (rare classes weigh "
                         "more; weights from the training masks, printed at the start)")
+    p.add_argument("--input-size", metavar="N|HxW",
+                   help="the input the model is deployed at: validation and exports use it (default 513)")
+    p.add_argument("--upscale", action="store_true", default=None,
+                   help="enlarge frames smaller than --input-size to fit it, in training and wherever the "
+                        "checkpoint runs (small frames, e.g. 480x360 road scenes: small objects grow)")
     p.add_argument("--weight-decay", type=float, help="on conv weights (default 4e-5)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--seed", type=int,

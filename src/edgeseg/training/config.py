@@ -10,6 +10,8 @@ from pathlib import Path
 
 from edgeseg.data import resolve_label_map
 from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import parse_size
+from edgeseg.registry import Preprocess
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
 BN_MODES = ("auto", "frozen", "train")
@@ -27,7 +29,7 @@ RESUME_OVERRIDES = ("epochs",)
 # rare classes (poles, signs, cyclists) weigh more, so they are not given up for the large ones.
 CLASS_WEIGHT_MODES = ("none", "median-frequency")
 # Options added after runs were saved without them, with the value those runs used.
-LEGACY_DEFAULTS = {"class_weights": "none"}
+LEGACY_DEFAULTS = {"class_weights": "none", "input_size": "513", "upscale": False}
 
 
 @dataclass
@@ -52,6 +54,14 @@ class TrainConfig:
     val_limit: int | None = None
     bn: str = "auto"
     class_weights: str = "none"
+    # The deployed input (N or HxW): validation and checkpoints use it. With `upscale`, frames smaller than it
+    # are enlarged to fit it, in training (before the random scale) and wherever the checkpoint runs.
+    input_size: str = "513"
+    upscale: bool = False
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(input_size=parse_size(self.input_size), upscale=self.upscale)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -105,6 +115,8 @@ def _normalized(key: str, value: object, init: str) -> object:
         return str(Path(str(value)).resolve())
     if key == "classes":
         return ",".join(resolve_classes(str(value), init))
+    if key == "input_size":
+        return parse_size(str(value))
     return value
 
 
@@ -209,5 +221,11 @@ def check_config(config: TrainConfig) -> None:
                                f"{_option(key)} must be below {high:g} {where}, got {value:g}")
     if config.bn not in BN_MODES:
         raise EdgesegError(f"--bn {config.bn}: expected one of {', '.join(BN_MODES)}")
+    try:
+        parse_size(str(config.input_size))
+    except EdgesegError as exc:
+        raise EdgesegError(f"--input-size: {exc}") from None
+    if not isinstance(config.upscale, bool):
+        raise EdgesegError(f"upscale must be true or false, got {config.upscale!r}")
     if config.class_weights not in CLASS_WEIGHT_MODES:
         raise EdgesegError(f"--class-weights {config.class_weights}: expected one of {', '.join(CLASS_WEIGHT_MODES)}")

@@ -25,6 +25,7 @@ from edgeseg.data import RemappedDataset, label_lut, open_dataset
 from edgeseg.errors import EdgesegError
 from edgeseg.files import ensure_writable_dir
 from edgeseg.labelsets import source_classes
+from edgeseg.pipeline import parse_size
 from edgeseg.registry import ModelEntry, get_entry
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
@@ -142,7 +143,9 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     if dist.is_main:
         ensure_writable_dir(out)
     dist.barrier()
-    return Run(config, dist, out, dataclasses.replace(base_entry, class_names=names), train_set, val_set,
+    entry = dataclasses.replace(base_entry, class_names=names, preprocess=dataclasses.replace(
+        base_entry.preprocess, input_size=parse_size(config.input_size), upscale=config.upscale))
+    return Run(config, dist, out, entry, train_set, val_set,
                steps_per_epoch, show, _loss_weights(config, train_set, dist.is_main))
 
 
@@ -162,7 +165,7 @@ def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
 
     config = run.config
     model = create_model(config.init, class_names=run.names)
-    batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed),
+    batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess),
                                   config.batch_size) if measure else []
     insert_batchnorm(model, batches, frozen=config.bn_frozen(run.dist.world))
     # Channels-last runs the depthwise and 1x1 convs faster on CPUs (and GPUs).
@@ -250,8 +253,8 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
     sampler = EpochBatches(len(run.train_set), config.batch_size, run.steps_per_epoch, config.seed, epoch,
                            dist.rank, dist.world)
     # Worker processes augment the next batches while this one trains; the result does not depend on them.
-    loader = torch.utils.data.DataLoader(TrainCrops(run.train_set, config.crop, config.seed),
-                                         batch_sampler=sampler, num_workers=workers,
+    crops = TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess)
+    loader = torch.utils.data.DataLoader(crops, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not run.show, file=sys.stderr)
     losses = []
@@ -288,7 +291,8 @@ def _validate(run: Run, model: torch.nn.Module, name: str) -> tuple[float | None
 
     if len(run.val_set) == 0:
         return None, []
-    runtime = TorchRuntime(fold_batchnorm(model), num_classes=len(run.names), device=run.dist.device, name=name)
+    runtime = TorchRuntime(fold_batchnorm(model), num_classes=len(run.names), device=run.dist.device, name=name,
+                           preprocess=run.entry.preprocess)
     confusion = validate(runtime, run.val_set, run.names, run.dist, progress=run.show)
     return round(100 * confusion.miou(), 4), confusion.iou_percent()
 
