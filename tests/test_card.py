@@ -63,3 +63,16 @@ def test_benchmark_rejects_bad_files(classifier_tflite, flag, capsys):
     assert main(["benchmark", str(classifier_tflite), "--runs", "1", *flag]) == 2
     err = capsys.readouterr().err
     assert ("libvx_delegate" in err) if flag else ("not a segmentation model" in err)
+
+
+def test_card_header_names_each_models_input_handling():
+    from dataclasses import replace
+
+    from edgeseg.card import _input_handling
+    from edgeseg.registry import Preprocess
+
+    zoo = get_entry("deeplabv3_mnv2_dm05_voc")
+    assert _input_handling([zoo]) == "513x513, pad with the mean pixel"
+    tuned = replace(zoo, name="camvid", preprocess=Preprocess(input_size=(545, 721), upscale=True))
+    assert _input_handling([tuned]) == "545x721, smaller frames enlarged to fit, pad with the mean pixel"
+    assert _input_handling([zoo, tuned]).startswith("deeplabv3_mnv2_dm05_voc: 513x513")

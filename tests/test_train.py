@@ -390,15 +390,15 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_voc, tmp_path):
 
 
 def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(tiny_voc, tmp_path, capsys):
-    from edgeseg.backends import open_model
+    from edgeseg.backends import open_model, open_runtime
     from edgeseg.registry import Preprocess
-    from edgeseg.training.data import enlarge_to_fit
+    from edgeseg.training.data import fit_pair
     from edgeseg.zoo import checkpoint_entry
 
     # A VOC pair (at most 500 px) is enlarged to fit 641x641, the mask nearest-neighbour (no new labels).
     train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
     image, mask = train.load(train.samples[0])
-    big_image, big_mask = enlarge_to_fit(image, mask, Preprocess(input_size=641, upscale=True))
+    big_image, big_mask = fit_pair(image, mask, Preprocess(input_size=641, upscale=True))
     assert max(big_image.shape[:2]) == 641 and big_image.shape[:2] == big_mask.shape
     assert set(np.unique(big_mask)) <= set(np.unique(mask))
 
@@ -427,3 +427,5 @@ def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(t
     exported = open_model(tflite=path)
     assert exported.runtime.upscale and exported.runtime.input_size == (641, 641)
     assert exported.class_names == NAMES
+    assert open_runtime(path, "litert").upscale  # every way of opening the file (card, benchmark) reads it
+    assert not open_runtime(open_model("deeplabv3_mnv2_dm05_voc").runtime.path, "litert").upscale

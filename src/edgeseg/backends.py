@@ -35,7 +35,9 @@ def _open_litert(source: object, *, threads: int | None = None, delegate: str | 
     from edgeseg.runtimes.litert import LiteRTRuntime
 
     with _without_litert_info():
-        return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
+        runtime = LiteRTRuntime(source, num_threads=threads, delegate=delegate)
+    runtime.upscale = tflite_upscale(source)  # a model trained on enlarged frames says so in its metadata
+    return runtime
 
 
 _LITERT_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate"
@@ -96,7 +98,8 @@ def open_runtime(source: str | Path | object, backend: str = "litert", *, thread
                  name: str | None = None, preprocess: Preprocess | None = None) -> Runtime:
     """Returns a runtime for `source`: a .tflite path (backend "litert") or a torch module ("torch").
 
-    threads and delegate apply to LiteRT; num_classes, name and preprocess (input size, upscale) to torch.
+    threads and delegate apply to LiteRT; num_classes, name and preprocess (input size, upscale) to torch:
+    pass a checkpoint's `entry.preprocess`, else it runs at 513 without upscale. A .tflite brings its own.
     """
     opener = OPENERS.get(backend)
     if opener is None:
@@ -118,22 +121,19 @@ def torch_available() -> bool:
     return True
 
 
+def tflite_upscale(path: str | Path) -> bool:
+    """True if an edgeseg export says its model was trained on frames enlarged to fit its input."""
+    from edgeseg.tflite_file import UPSCALE_METADATA, read_metadata
+
+    return read_metadata(path).get(UPSCALE_METADATA) == b"1"
+
+
 def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
     """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
-    return _tflite_metadata(path, num_classes)[0]
-
-
-def _tflite_metadata(path: str | Path, num_classes: int) -> tuple[tuple[str, ...], bool]:
-    """Returns (class names, upscale) from one read of the file (see `tflite_class_names`)."""
-    from edgeseg.tflite_file import CLASSES_METADATA, UPSCALE_METADATA, TFLiteFile
-
-    file = TFLiteFile(path)
-    return _class_names(file.metadata(CLASSES_METADATA), num_classes), file.metadata(UPSCALE_METADATA) == b"1"
-
-
-def _class_names(stored: bytes | None, num_classes: int) -> tuple[str, ...]:
+    from edgeseg.tflite_file import CLASSES_METADATA, read_metadata
     from edgeseg.voc import VOC_CLASSES
 
+    stored = read_metadata(path).get(CLASSES_METADATA)
     if stored:
         return tuple(json.loads(stored.decode()))
     if num_classes in (0, len(VOC_CLASSES)):
@@ -175,7 +175,7 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
         if backend == "torch":
             raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
         runtime = open_runtime(tflite, "litert", threads=threads)
-        names, runtime.upscale = _tflite_metadata(tflite, runtime.num_classes)
+        names = tflite_class_names(tflite, runtime.num_classes)
         return OpenedModel(runtime, names, str(tflite), Path(tflite).name, "litert")
     if weights is not None:
         if backend == "litert":

@@ -55,9 +55,9 @@ def measure(
     ops = count_ops(item.model, size)
     files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite",
              "int8_per_tensor": out_dir / f"{entry.name}_imx8mp.tflite"}
-    calibrated = {"calib_root": calib_root, "calib_count": calib_count}
+    calibrated = {"calib_root": calib_root, "calib_count": calib_count, "upscale": entry.preprocess.upscale}
     qat_file = item.official_tflite if entry.per_tensor_activations == "qat" else None
-    variants = {"fp32": ExportOptions(precision="fp32", input_size=size),
+    variants = {"fp32": ExportOptions(precision="fp32", input_size=size, upscale=entry.preprocess.upscale),
                 "int8": ExportOptions(precision="int8", input_size=size, **calibrated),
                 "int8_per_tensor": ExportOptions(target="imx8mp", input_size=size, qat_file=qat_file,
                                                  **calibrated)}
@@ -116,9 +116,22 @@ def card_row(entry: ModelEntry, facts: dict) -> list[str]:
     ]
 
 
+def _input_handling(entries: list[ModelEntry]) -> str:
+    """E.g. "513x513, pad with the mean pixel"; each model's own where they differ."""
+    def one(entry: ModelEntry) -> str:
+        height, width = input_hw(entry.preprocess.input_size)
+        enlarge = "smaller frames enlarged to fit, " if entry.preprocess.upscale else ""
+        return f"{height}x{width}, {enlarge}pad with the mean pixel"
+
+    kinds = dict.fromkeys(one(entry) for entry in entries)
+    if len(kinds) == 1:
+        return next(iter(kinds))
+    return "; ".join(f"{entry.name}: {one(entry)}" for entry in entries)
+
+
 def markdown(entries: list[ModelEntry], facts: list[dict], data: str) -> str:
     """Returns the card as Markdown: the seed table, then published vs measured reference numbers."""
-    lines = [f"mIoU measured on {data}, DeepLab preprocessing (513x513, pad with the mean pixel), "
+    lines = [f"mIoU measured on {data}, DeepLab preprocessing ({_input_handling(entries)}), "
              "one confusion matrix over the split. OPS = 2 x conv/depthwise MACs + bias, residual and pool adds "
              "(final upsample and argmax excluded). Params: batch norm folded into the convs.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]

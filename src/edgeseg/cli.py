@@ -143,6 +143,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"  input  {report['input']['dtype']} {report['input']['shape']} scale {report['input']['scale']} "
           f"zero point {report['input']['zero_point']}")
     print(f"  output {report['output']['dtype']} {report['output']['shape']}")
+    if options.upscale:
+        print("  upscale: frames smaller than the input are to be enlarged to fit it (recorded in the file)")
     print("  ops    " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
     print("  tensor types " + ", ".join(f"{k} {v}" for k, v in report["tensor_types"].items()))
     if options.precision == "int8":
@@ -413,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured on 8 calibration images; default: for the convs whose weights had to be "
                         "rounded (a fine-tuned model's), not for weights on their exact QAT grid")
     p.add_argument("--input-size", metavar="N|HxW",
-                   help="model input, square N or HxW, e.g. 321 or 360x480 (default 513)")
+                   help="model input, square N or HxW, e.g. 321 or 360x480 (default: the model's, 513 for the "
+                        "zoo; a checkpoint trained with --input-size brings its own)")
     add_data_arg(p, "calibration data (int8): a folder of images (no masks needed), a folder with images/, "
                     "or a VOCdevkit folder", old=("--calib-voc-root", "--calib-data"))
     p.add_argument("--split", default="train", help="split of --data to calibrate on, where it has splits "

@@ -81,6 +81,29 @@ def parse_model(data: bytes) -> schema.ModelT:
     return model
 
 
+def read_metadata(path: str | Path) -> dict[str, bytes]:
+    """Returns the file's metadata entries by name, read in place (no full parse: cheap for every load)."""
+    path = Path(path)
+    try:
+        buf = path.read_bytes()
+        if len(buf) < 8 or buf[4:8] != b"TFL3":
+            raise ValueError("no TFL3 identifier")
+        model = schema.Model.GetRootAs(buf, 0)
+        entries = {}
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            buffer = model.Buffers(entry.Buffer())
+            if buffer.Offset() > 1:  # large files keep data after the flatbuffer
+                entries[entry.Name().decode()] = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+            else:
+                entries[entry.Name().decode()] = b"" if buffer.DataIsNone() else buffer.DataAsNumpy().tobytes()
+        return entries
+    except FileNotFoundError:
+        raise EdgesegError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite model"
+        raise EdgesegError(f"{path}: not a valid .tflite file ({exc})") from None
+
+
 class TFLiteFile:
     """A parsed .tflite file (main subgraph only)."""
 

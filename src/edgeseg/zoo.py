@@ -144,9 +144,9 @@ def load_state_checked(model, state: dict, source: str) -> None:
 def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) -> None:
     """Writes model weights as safetensors, with the base entry and class names in the metadata."""
     metadata = {"edgeseg_base": base_name, "class_names": json.dumps(list(entry.class_names))}
-    if entry.preprocess.upscale or input_hw(entry.preprocess.input_size) != (513, 513):
-        metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
-        metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
+    # How frames reach the model; checkpoints written before these keys run at the base entry's.
+    metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
+    metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
     _atomic_save_safetensors(model.state_dict(), Path(path), metadata)
 
 

@@ -59,9 +59,9 @@ class TrainConfig:
     input_size: str = "513"
     upscale: bool = False
 
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess(input_size=parse_size(self.input_size), upscale=self.upscale)
+    def preprocess_for(self, base: Preprocess) -> Preprocess:
+        """Returns the init model's preprocessing with this run's input size and upscale."""
+        return dataclasses.replace(base, input_size=parse_size(str(self.input_size)), upscale=self.upscale)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -222,9 +222,10 @@ def check_config(config: TrainConfig) -> None:
     if config.bn not in BN_MODES:
         raise EdgesegError(f"--bn {config.bn}: expected one of {', '.join(BN_MODES)}")
     try:
-        parse_size(str(config.input_size))
+        height, width = parse_size(str(config.input_size))
     except EdgesegError as exc:
         raise EdgesegError(f"--input-size: {exc}") from None
+    config.input_size = str(height) if height == width else f"{height}x{width}"  # one spelling in config.json
     if not isinstance(config.upscale, bool):
         raise EdgesegError(f"upscale must be true or false, got {config.upscale!r}")
     if config.class_weights not in CLASS_WEIGHT_MODES:

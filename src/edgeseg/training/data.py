@@ -16,7 +16,7 @@ from PIL import Image
 from edgeseg.data import RemappedDataset
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import LabelRangeError, check_label_range
-from edgeseg.pipeline import DEEPLAB, fit_to_input
+from edgeseg.pipeline import DEEPLAB, fit_to_input, input_hw
 from edgeseg.registry import Preprocess
 from edgeseg.voc import IGNORE_INDEX
 
@@ -81,9 +81,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def enlarge_to_fit(image: np.ndarray, mask: np.ndarray, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+def fit_pair(image: np.ndarray, mask: np.ndarray, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     """Returns the pair resized as inference resizes the frame (`fit_to_input`), the mask nearest-neighbour."""
-    image = fit_to_input(image, preprocess.input_size, upscale=True)
+    image = fit_to_input(image, preprocess.input_size, preprocess.upscale)
     if image.shape[:2] != mask.shape:
         mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
     return image, mask
@@ -92,7 +92,8 @@ def enlarge_to_fit(image: np.ndarray, mask: np.ndarray, preprocess: Preprocess) 
 class TrainCrops:
     """Map-style dataset indexed by (epoch, sample index): its augmentation depends on nothing else.
 
-    With `preprocess.upscale`, each pair is first fitted to the input size, as the deployed model sees it.
+    With another input size than DeepLab's 513, or `preprocess.upscale`, each pair is first fitted to the input
+    as the deployed model will see it (at 513, DeepLab trains on frames as they are).
     """
 
     def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB) -> None:
@@ -104,8 +105,8 @@ class TrainCrops:
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
         image, mask = self.dataset.load(self.dataset.samples[index])
-        if self.preprocess.upscale:
-            image, mask = enlarge_to_fit(image, mask, self.preprocess)
+        if self.preprocess.upscale or input_hw(self.preprocess.input_size) != input_hw(DEEPLAB.input_size):
+            image, mask = fit_pair(image, mask, self.preprocess)
         pixels, labels = augment(image, mask, sample_rng(self.seed, epoch, index), self.crop)
         return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
 

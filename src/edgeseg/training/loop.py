@@ -25,7 +25,6 @@ from edgeseg.data import RemappedDataset, label_lut, open_dataset
 from edgeseg.errors import EdgesegError
 from edgeseg.files import ensure_writable_dir
 from edgeseg.labelsets import source_classes
-from edgeseg.pipeline import parse_size
 from edgeseg.registry import ModelEntry, get_entry
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
@@ -143,8 +142,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     if dist.is_main:
         ensure_writable_dir(out)
     dist.barrier()
-    entry = dataclasses.replace(base_entry, class_names=names, preprocess=dataclasses.replace(
-        base_entry.preprocess, input_size=parse_size(config.input_size), upscale=config.upscale))
+    entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
     return Run(config, dist, out, entry, train_set, val_set,
                steps_per_epoch, show, _loss_weights(config, train_set, dist.is_main))
 
