@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import Runtime
+from edgeseg.pipeline import DEEPLAB, Runtime
 
 if TYPE_CHECKING:
     from edgeseg.registry import ModelEntry, Preprocess
@@ -35,9 +35,7 @@ def _open_litert(source: object, *, threads: int | None = None, delegate: str | 
     from edgeseg.runtimes.litert import LiteRTRuntime
 
     with _without_litert_info():
-        runtime = LiteRTRuntime(source, num_threads=threads, delegate=delegate)
-    runtime.upscale = tflite_upscale(source)  # a model trained on enlarged frames says so in its metadata
-    return runtime
+        return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
 
 
 _LITERT_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate"
@@ -84,9 +82,7 @@ def _open_torch(source: object, *, num_classes: int | None = None, name: str = "
 
     if num_classes is None:
         raise EdgesegError("the torch backend needs num_classes")
-    if preprocess is None:
-        return TorchRuntime(source, num_classes=num_classes, name=name)
-    return TorchRuntime(source, num_classes=num_classes, name=name, preprocess=preprocess)
+    return TorchRuntime(source, num_classes=num_classes, name=name, preprocess=preprocess or DEEPLAB)
 
 
 # backend name -> function(source, **options) returning a Runtime
@@ -119,13 +115,6 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def tflite_upscale(path: str | Path) -> bool:
-    """True if an edgeseg export says its model was trained on frames enlarged to fit its input."""
-    from edgeseg.tflite_file import UPSCALE_METADATA, read_metadata
-
-    return read_metadata(path).get(UPSCALE_METADATA) == b"1"
 
 
 def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:

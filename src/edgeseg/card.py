@@ -55,12 +55,12 @@ def measure(
     ops = count_ops(item.model, size)
     files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite",
              "int8_per_tensor": out_dir / f"{entry.name}_imx8mp.tflite"}
-    calibrated = {"calib_root": calib_root, "calib_count": calib_count, "upscale": entry.preprocess.upscale}
+    frames = {"input_size": size, "upscale": entry.preprocess.upscale}
+    calibrated = {**frames, "calib_root": calib_root, "calib_count": calib_count}
     qat_file = item.official_tflite if entry.per_tensor_activations == "qat" else None
-    variants = {"fp32": ExportOptions(precision="fp32", input_size=size, upscale=entry.preprocess.upscale),
-                "int8": ExportOptions(precision="int8", input_size=size, **calibrated),
-                "int8_per_tensor": ExportOptions(target="imx8mp", input_size=size, qat_file=qat_file,
-                                                 **calibrated)}
+    variants = {"fp32": ExportOptions(precision="fp32", **frames),
+                "int8": ExportOptions(precision="int8", **calibrated),
+                "int8_per_tensor": ExportOptions(target="imx8mp", qat_file=qat_file, **calibrated)}
     for key, path in files.items():
         if not (reuse_exports and path.is_file()):
             export_tflite(item.model, entry.class_names, path, variants[key])

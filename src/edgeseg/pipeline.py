@@ -119,7 +119,7 @@ def fit_to_input(pixels: np.ndarray, input_size: Size, upscale: bool = False) ->
     ratio = min(max_height / height, max_width / width)
     if ratio >= 1 and not upscale:
         return pixels
-    size = (min(max_width, max(1, round(width * ratio))), min(max_height, max(1, round(height * ratio))))
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     if size == (width, height):
         return pixels
     return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))

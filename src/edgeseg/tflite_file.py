@@ -6,9 +6,11 @@ Uses the schema bindings that ship with ai-edge-litert, so no TensorFlow is need
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -16,6 +18,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 
 from edgeseg.errors import EdgesegError
 
+T = TypeVar("T")
 CLASSES_METADATA = "edgeseg_class_names"  # metadata entry where edgeseg exports keep their class names
 # Present (b"1") in exports of models trained on enlarged frames: smaller frames are enlarged to fit the input.
 UPSCALE_METADATA = "edgeseg_upscale"
@@ -81,27 +84,35 @@ def parse_model(data: bytes) -> schema.ModelT:
     return model
 
 
-def read_metadata(path: str | Path) -> dict[str, bytes]:
-    """Returns the file's metadata entries by name, read in place (no full parse: cheap for every load)."""
-    path = Path(path)
+def _read(path: Path, parse: Callable[[bytes], T]) -> T:
+    """Returns parse(the file's bytes), or raises one line: no such file, or not a valid .tflite file."""
     try:
         buf = path.read_bytes()
         if len(buf) < 8 or buf[4:8] != b"TFL3":
             raise ValueError("no TFL3 identifier")
-        model = schema.Model.GetRootAs(buf, 0)
-        entries = {}
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            buffer = model.Buffers(entry.Buffer())
-            if buffer.Offset() > 1:  # large files keep data after the flatbuffer
-                entries[entry.Name().decode()] = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
-            else:
-                entries[entry.Name().decode()] = b"" if buffer.DataIsNone() else buffer.DataAsNumpy().tobytes()
-        return entries
+        return parse(buf)
     except FileNotFoundError:
         raise EdgesegError(f"{path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite model"
         raise EdgesegError(f"{path}: not a valid .tflite file ({exc})") from None
+
+
+def _metadata_entries(buf: bytes) -> dict[str, bytes]:
+    model = schema.Model.GetRootAs(buf, 0)
+    entries = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())
+        if buffer.Offset() > 1:  # large files keep data after the flatbuffer
+            entries[entry.Name().decode()] = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+        else:
+            entries[entry.Name().decode()] = b"" if buffer.DataIsNone() else buffer.DataAsNumpy().tobytes()
+    return entries
+
+
+def read_metadata(path: str | Path) -> dict[str, bytes]:
+    """Returns the file's metadata entries by name, read in place (no full parse: cheap for every load)."""
+    return _read(Path(path), _metadata_entries)
 
 
 class TFLiteFile:
@@ -109,15 +120,7 @@ class TFLiteFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            buf = self.path.read_bytes()
-            if len(buf) < 8 or buf[4:8] != b"TFL3":
-                raise ValueError("no TFL3 identifier")
-            self._model = parse_model(buf)
-        except FileNotFoundError:
-            raise EdgesegError(f"{self.path}: no such file") from None
-        except Exception as exc:  # noqa: BLE001 - any parse failure means "not a tflite model"
-            raise EdgesegError(f"{self.path}: not a valid .tflite file ({exc})") from None
+        self._model = _read(self.path, parse_model)
         self._graph = self._model.subgraphs[0]
 
     @cached_property

@@ -17,6 +17,7 @@ from ai_edge_litert.interpreter import Interpreter, load_delegate
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import DEEPLAB, labels_from_logits, normalize_and_pad
 from edgeseg.registry import Preprocess
+from edgeseg.tflite_file import UPSCALE_METADATA, read_metadata
 
 MAX_THREADS = 256  # far above any edge CPU; LiteRT crashes on absurd counts (100000 segfaults)
 
@@ -94,7 +95,8 @@ class LiteRTRuntime:
         elif self._dtype != np.float32:
             raise EdgesegError(f"{self.path}: unsupported input type {self._dtype}")
         self._preprocess = preprocess
-        self.upscale = preprocess.upscale  # open_model sets it from the file's metadata
+        # A model trained on enlarged frames says so in its metadata (edgeseg exports).
+        self.upscale = preprocess.upscale or read_metadata(self.path).get(UPSCALE_METADATA) == b"1"
 
     @staticmethod
     def _load_delegate(path: str | Path):
