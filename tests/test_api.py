@@ -125,6 +125,30 @@ def test_fine_tuned_checkpoint_runs_with_torch(tmp_path):
         edgeseg.Segmenter(weights=tmp_path / "best.safetensors", backend="litert")
 
 
+def test_input_size_and_upscale_replace_the_models_own(dm05_official):
+    small = np.asarray(Image.open(PHOTO).convert("RGB"))[::4, ::4]  # 94x125: far smaller than the input
+    seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", backend="torch", input_size=(161, 225), upscale=True)
+    assert (seg.runtime.input_size, seg.runtime.upscale) == ((161, 225), True)
+    assert seg.description == "deeplabv3_mnv2_dm05_voc (PyTorch FP32) at 161x225, frames enlarged to fit"
+    assert seg(small).labels.shape == small.shape[:2]
+    # A .tflite keeps the size it was exported at; its upscale flag can still be set either way.
+    assert open_model(tflite=dm05_official, upscale=True).runtime.upscale is True
+    assert open_model(tflite=dm05_official, input_size=513, upscale=False).runtime.upscale is False
+    with pytest.raises(EdgesegError, match="takes 513x513 input, not 600x600: export"):
+        open_model("deeplabv3_mnv2_dm05_voc", input_size=600)
+    for bad in (5, (513,), (513, 513.5), True, "513"):
+        with pytest.raises(EdgesegError, match="sides 33..2049"):
+            open_model("deeplabv3_mnv2_dm05_voc", backend="torch", input_size=bad)
+
+
+def test_cli_evaluate_runs_a_zoo_model_at_another_input(capsys):
+    from edgeseg.cli import main
+
+    args = ["evaluate", "--data", str(SHARED / "voc" / "VOC2012"), "--limit", "2", "--backend", "torch"]
+    assert main([*args, "--input-size", "369x481", "--no-upscale"]) == 0
+    assert "(PyTorch FP32) at 369x481 on" in capsys.readouterr().out
+
+
 def test_default_zoo_model_needs_no_extra():
     extras = ("torch", "safetensors", "litert_torch", "ai_edge_quantizer", "matplotlib", "av", "skimage")
     code = ("import sys, numpy as np, edgeseg; r = edgeseg.Segmenter()(np.zeros((8, 8, 3), np.uint8)); "

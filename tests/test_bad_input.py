@@ -297,6 +297,7 @@ OPTIONS = [
     ["export", "--calib-count", "nan"], ["export", "--precision", "fp32", "--input-size", "40000"],
     ["export", "--precision", "fp32", "--input-size", "nan"],
     ["card", "--data", "x", "--limit", "0"],
+    ["predict", "x.jpg", "--input-size", "nan"], ["evaluate", "--data", "x", "--input-size", "9x9"],
 ]
 
 

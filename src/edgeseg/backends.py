@@ -15,11 +15,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import DEEPLAB, Runtime
+from edgeseg.pipeline import DEEPLAB, Runtime, Size
 
 if TYPE_CHECKING:
     from edgeseg.registry import ModelEntry, Preprocess
@@ -143,12 +144,16 @@ class OpenedModel:
 
 def open_model(model: str | Path | None = None, *, tflite: str | Path | None = None,
                weights: str | Path | None = None, backend: str | None = None,
-               threads: int | None = None) -> OpenedModel:
+               threads: int | None = None, input_size: Size | None = None,
+               upscale: bool | None = None) -> OpenedModel:
     """Opens a zoo model by name, a .tflite file, or a fine-tuned checkpoint (.safetensors).
 
     `model` may itself be a path ending in .tflite or .safetensors. Defaults: a zoo model runs its
     official INT8 .tflite with LiteRT (the fastest accurate runtime, and no torch import); pass
     backend="torch" for the PyTorch FP32 model. A .tflite runs with LiteRT, a checkpoint with torch.
+
+    `input_size` (N or (H, W)) and `upscale` (enlarge smaller frames to fit) replace the model's own input
+    handling; None keeps it. A PyTorch model runs at any size; a .tflite only at the size it was exported at.
     """
     if backend is not None and backend not in BACKENDS:
         raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -165,14 +170,17 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
             raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
         runtime = open_runtime(tflite, "litert", threads=threads)
         names = tflite_class_names(tflite, runtime.num_classes)
-        return OpenedModel(runtime, names, str(tflite), Path(tflite).name, "litert")
+        runtime = _with_input_handling(runtime, input_size, upscale, str(tflite))
+        return OpenedModel(runtime, names, _described(str(tflite), runtime, input_size, upscale),
+                           Path(tflite).name, "litert")
     if weights is not None:
         if backend == "litert":
             raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
         net, entry = load_torch_model(weights=weights)
         runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{Path(weights).name}",
-                               preprocess=entry.preprocess)
-        return OpenedModel(runtime, entry.class_names, str(weights), Path(weights).name, "torch")
+                               preprocess=_input_handling(entry.preprocess, input_size, upscale))
+        return OpenedModel(runtime, entry.class_names, _described(str(weights), runtime, input_size, upscale),
+                           Path(weights).name, "torch")
     from edgeseg.registry import get_entry
 
     entry = get_entry(str(model or DEFAULT_MODEL))
@@ -180,10 +188,54 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
         from edgeseg.zoo import official_tflite
 
         runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads)
-        return OpenedModel(runtime, entry.class_names, f"{entry.name} (official INT8 TFLite)", entry.name, "litert")
+        runtime = _with_input_handling(runtime, input_size, upscale, f"{entry.name}'s official file")
+        description = _described(f"{entry.name} (official INT8 TFLite)", runtime, input_size, upscale)
+        return OpenedModel(runtime, entry.class_names, description, entry.name, "litert")
     net, entry = load_torch_model(entry.name)
-    runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{entry.name}")
-    return OpenedModel(runtime, entry.class_names, f"{entry.name} (PyTorch FP32)", entry.name, "torch")
+    runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{entry.name}",
+                           preprocess=_input_handling(entry.preprocess, input_size, upscale))
+    description = _described(f"{entry.name} (PyTorch FP32)", runtime, input_size, upscale)
+    return OpenedModel(runtime, entry.class_names, description, entry.name, "torch")
+
+
+def _input_handling(preprocess: Preprocess, input_size: Size | None, upscale: bool | None) -> Preprocess:
+    """`preprocess` with the input size and upscale a user asked for (None keeps the model's)."""
+    from dataclasses import replace
+
+    changes: dict[str, object] = {}
+    if input_size is not None:
+        changes["input_size"] = checked_size(input_size)
+    if upscale is not None:
+        changes["upscale"] = upscale
+    return replace(preprocess, **changes)
+
+
+def _with_input_handling(runtime: Runtime, input_size: Size | None, upscale: bool | None, what: str) -> Runtime:
+    """A .tflite's input size is fixed when it is exported; only its upscale flag can change."""
+    if input_size is not None and checked_size(input_size) != tuple(runtime.input_size):
+        have, want = ("x".join(map(str, s)) for s in (runtime.input_size, checked_size(input_size)))
+        raise EdgesegError(f"{what} takes {have} input, not {want}: export the model at that size "
+                           f"(`edgeseg export --input-size {want}`) or run the PyTorch model (--backend torch)")
+    if upscale is not None:
+        runtime.upscale = upscale
+    return runtime
+
+
+def checked_size(size: Size) -> tuple[int, int]:
+    """(height, width) of a size given as N or (H, W); each side a whole number in 33..2049, as on the CLI."""
+    pair = (size, size) if isinstance(size, Integral) else tuple(size) if isinstance(size, tuple | list) else ()
+    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and 33 <= v <= 2049
+                                 for v in pair):
+        raise EdgesegError(f"input size must be N or (height, width) with sides 33..2049, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _described(description: str, runtime: Runtime, input_size: Size | None, upscale: bool | None) -> str:
+    """The description, with the input handling when the user chose it."""
+    if input_size is None and upscale is None:
+        return description
+    size = "x".join(map(str, runtime.input_size))
+    return f"{description} at {size}{', frames enlarged to fit' if getattr(runtime, 'upscale', False) else ''}"
 
 
 def load_torch_model(model: str | None = None, weights: str | Path | None = None) -> tuple[Any, ModelEntry]:

@@ -37,14 +37,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
     parser.add_argument("--threads", type=threads_int, metavar="N", default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
+    parser.add_argument("--input-size", type=size_arg, metavar="N|HxW",
+                        help="run the PyTorch model at this input, e.g. 721x961 (default: the model's; a .tflite "
+                             "runs at the size it was exported at)")
+    parser.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=None,
+                        help="enlarge frames smaller than the input to fit it, or not (default: as the model "
+                             "was trained; see `edgeseg train --upscale`)")
 
 
 def open_model(args: argparse.Namespace) -> OpenedModel:
-    """Opens what --model / --tflite / --weights, --backend and --threads name (see edgeseg.backends)."""
+    """Opens what --model / --tflite / --weights, --backend, --threads, --input-size and --upscale name."""
     from edgeseg.backends import open_model as open_source
 
     return open_source(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
-                       threads=args.threads)
+                       threads=args.threads, input_size=args.input_size, upscale=args.upscale)
 
 
 # Commands --------------------------------------------------------------------------------------------
@@ -80,7 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
             jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
         seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
-                        threads=args.threads)
+                        threads=args.threads, input_size=args.input_size, upscale=args.upscale)
         run_predict(seg, jobs, json_path=args.json, every=args.every, max_frames=args.max_frames,
                     frame_labels=args.frame_labels, progress=not args.no_progress)
 
@@ -310,6 +316,14 @@ def int_in(low: int, high: int):
 
 positive_int = int_in(1, 10**9)  # counts: at least 1, and bounded so that no option can overflow
 threads_int = int_in(1, 256)  # LiteRT segfaults on absurd thread counts
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type for --input-size: N or HxW (see `parse_size`)."""
+    try:
+        return parse_size(text)
+    except EdgesegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _thread_list(text: str) -> list[int]:
