@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from edgeseg.cli import main as cli_main
@@ -429,3 +430,46 @@ def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(t
     assert exported.class_names == NAMES
     assert open_runtime(path, "litert").upscale  # every way of opening the file (card, benchmark) reads it
     assert not open_runtime(open_model("deeplabv3_mnv2_dm05_voc").runtime.path, "litert").upscale
+
+
+def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
+    from dataclasses import replace
+
+    from edgeseg.registry import Preprocess, get_entry
+    from edgeseg.zoo import checkpoint_entry, init_model, save_checkpoint
+
+    # A person-vs-rest checkpoint for frames enlarged to 161x225.
+    base = get_entry("deeplabv3_mnv2_dm05_voc")
+    start = tmp_path / "earlier" / "best.safetensors"
+    start.parent.mkdir()
+    trained = create_model(base.name, class_names=NAMES)
+    entry = replace(base, class_names=NAMES, preprocess=Preprocess(input_size=(161, 225), upscale=True))
+    save_checkpoint(trained, start, entry, base.name)
+
+    # Its weights as they are; with more classes, the rows of the classes it knows carry over by name.
+    same = init_model(start).state_dict()
+    assert all(torch.equal(value, same[key]) for key, value in trained.state_dict().items())
+    wider = init_model(start, ("background", "person", "bus")).state_dict()
+    assert torch.equal(wider["head.classifier.conv.weight"][:2], same["head.classifier.conv.weight"])
+    assert all(torch.equal(value, same[key]) for key, value in wider.items() if not key.startswith("head.classifier"))
+
+    # A run from it starts where it ended (the baseline is the checkpoint's own val mIoU, at its input
+    # handling, which the run inherits), and its checkpoints still name the zoo entry underneath.
+    out = tmp_path / "more"
+    assert _train(*_tiny_args(tiny_voc, out, "--epochs", 1, "--init", start, "--baseline")) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["init"] == str(start.resolve()) and (config["input_size"], config["upscale"]) == ("161x225", True)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    val = RemappedDataset(open_dataset(tiny_voc, "val"), label_lut("voc", NAMES), NAMES, 1)
+    runtime = TorchRuntime(trained, num_classes=2, preprocess=entry.preprocess)
+    assert abs(100 * evaluate(runtime, val, NAMES, progress=False).miou - rows[0]["baseline_miou"]) < 1e-3
+    assert checkpoint_entry(out / "best.safetensors").preprocess == entry.preprocess
+    with safe_open(str(out / "best.safetensors"), framework="pt") as f:
+        assert f.metadata()["edgeseg_base"] == base.name
+    # Given options win over the inherited ones; a missing checkpoint is one line.
+    again = tmp_path / "again"
+    assert _train(*_tiny_args(tiny_voc, again, "--epochs", 1, "--init", start, "--input-size", 129,
+                              "--max-steps", 1)) == 0
+    assert json.loads((again / "config.json").read_text())["input_size"] == "129"
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", tmp_path / "none.safetensors")) == 2
+    assert "none.safetensors: no such file" in capsys.readouterr().err

@@ -105,24 +105,59 @@ def create_model(name: str, *, pretrained: bool = True, class_names: tuple[str, 
     mapping leads from the entry's classes to exactly these (e.g. Cityscapes to CamVid), each class starts
     from the first model class mapped to it (pavement from sidewalk, tree from vegetation, ...).
     """
-    from edgeseg.labelsets import source_classes
-
     entry = get_entry(name)
     names = tuple(class_names or entry.class_names)
     model = build_model(entry, len(names))
     if not pretrained:
         return model
-    state = pretrained_state_dict(entry)
-    if names != entry.class_names:
-        sources = source_classes(entry.class_names, names)
-        fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
-        for i, class_name in enumerate(names):
-            if class_name in sources:
-                source = entry.class_names.index(sources[class_name])
-                for key in fresh:
-                    fresh[key][i] = state[key][source]
-        state = {**{k: v for k, v in state.items() if not k.startswith("head.classifier.")}, **fresh}
+    state = _with_classifier_for(model, pretrained_state_dict(entry), entry.class_names, names)
     load_state_checked(model, state, entry.weights.filename)
+    return model
+
+
+def _with_classifier_for(model, state: dict, trained: tuple[str, ...], names: tuple[str, ...]) -> dict:
+    """`state` (trained for classes `trained`) with the classifier of `model` (classes `names`): rows for
+    classes that `trained` knows, directly or through a shipped mapping, are copied; the rest stay new."""
+    if names == trained:
+        return state
+    from edgeseg.labelsets import source_classes
+
+    sources = source_classes(trained, names)
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
+    for i, class_name in enumerate(names):
+        if class_name in sources:
+            source = trained.index(sources[class_name])
+            for key in fresh:
+                fresh[key][i] = state[key][source]
+    return {**{k: v for k, v in state.items() if not k.startswith("head.classifier.")}, **fresh}
+
+
+def is_checkpoint(init: str | Path) -> bool:
+    """True when `init` names a checkpoint file (.safetensors from `edgeseg train`), not a zoo model."""
+    return str(init).lower().endswith(".safetensors")
+
+
+def init_entry(init: str | Path) -> ModelEntry:
+    """The entry a fine-tune starts from: zoo model `init`, or the checkpoint at path `init`."""
+    return checkpoint_entry(init) if is_checkpoint(init) else get_entry(str(init))
+
+
+def zoo_base(init: str | Path) -> str:
+    """The zoo entry under `init`: itself, or the one a checkpoint was fine-tuned from (at any depth)."""
+    return _checkpoint_metadata(Path(init))["edgeseg_base"] if is_checkpoint(init) else str(init)
+
+
+def init_model(init: str | Path, class_names: tuple[str, ...] | None = None):
+    """Returns the torch model a fine-tune starts from: `create_model(init)` for a zoo name, or the weights
+    of a checkpoint, its classifier rows carried over by class name as `create_model` does."""
+    if not is_checkpoint(init):
+        return create_model(str(init), class_names=class_names)
+    trained, entry = load_checkpoint(init)
+    names = tuple(class_names or entry.class_names)
+    if names == entry.class_names:
+        return trained
+    model = build_model(entry, len(names))
+    load_state_checked(model, _with_classifier_for(model, trained.state_dict(), entry.class_names, names), str(init))
     return model
 
 
@@ -152,18 +187,8 @@ def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) 
 
 def checkpoint_entry(path: str | Path) -> ModelEntry:
     """Returns the entry a checkpoint was trained from, renamed and with the checkpoint's classes."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise EdgesegError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - any parse error means "not a checkpoint"
-        raise EdgesegError(f"{path}: not a safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    if "edgeseg_base" not in metadata or "class_names" not in metadata:
-        raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
+    metadata = _checkpoint_metadata(path)
     base = get_entry(metadata["edgeseg_base"])
     classes = tuple(json.loads(metadata["class_names"]))
     preprocess = base.preprocess
@@ -176,6 +201,22 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
     # Fine-tuned weights left the official file behind, and its learned activation ranges with it.
     return replace(base, name=path.stem, class_names=classes, published={}, measured={}, preprocess=preprocess,
                    dataset=f"fine-tuned from {base.name} to {', '.join(classes)}", per_tensor_activations="mse")
+
+
+def _checkpoint_metadata(path: Path) -> dict[str, str]:
+    """The safetensors metadata of an edgeseg checkpoint, or a one-line error."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise EdgesegError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - any parse error means "not a checkpoint"
+        raise EdgesegError(f"{path}: not a safetensors checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if "edgeseg_base" not in metadata or "class_names" not in metadata:
+        raise EdgesegError(f"{path}: not an edgeseg checkpoint (no 'edgeseg_base' metadata)")
+    return metadata
 
 
 def load_checkpoint(path: str | Path):

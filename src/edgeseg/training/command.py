@@ -37,7 +37,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="VOCdevkit/VOC2012-style folder, or a folder with images/ + masks/")
     p.add_argument("--train-split", help="training split (default train)")
     p.add_argument("--val-split", help="validation split, evaluated after each epoch (default val)")
-    p.add_argument("--init", help=f"zoo model to start from (default {DEFAULT_INIT})")
+    p.add_argument("--init", help=f"zoo model to start from (default {DEFAULT_INIT}), or a checkpoint "
+                                  "(.safetensors of an earlier run; its input size and upscale carry over)")
     p.add_argument("--classes", help="class names 'background,person' (VOC labels are remapped to them) "
                                      "or a count N (labels already 0..N-1); default: the init model's")
     p.add_argument("--label-map", choices=["auto", "voc", "none"],

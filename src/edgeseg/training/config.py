@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgeseg.data import resolve_label_map
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import parse_size
+from edgeseg.pipeline import input_hw, parse_size
 from edgeseg.registry import Preprocess
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
@@ -87,9 +87,9 @@ def option_names() -> tuple[str, ...]:
 
 def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
     """Returns the class names that `--classes` names: a comma-separated list, or a count N."""
-    from edgeseg.registry import get_entry
+    from edgeseg.zoo import init_entry
 
-    entry = get_entry(init)
+    entry = init_entry(init)
     if spec is None or not str(spec).strip():
         return entry.class_names
     spec = str(spec).strip()
@@ -166,6 +166,7 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     if not data.is_dir():
         raise EdgesegError(f"{data}: no such folder")
     config = TrainConfig(**{**given, "data": str(data.resolve()), "classes": ""})
+    _inherit_input_handling(config, given)
     names = resolve_classes(given.get("classes"), config.init)
     config.classes = ",".join(names)
     config.label_map = resolve_label_map(config.label_map, names, data)
@@ -176,9 +177,33 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
         # One images/ + masks/ pair would train and validate on the same images.
         raise EdgesegError(f"{data}: one images/ + masks/ pair has no separate val split; use "
                            f"{data}/train/{{images,masks}} and {data}/val/{{images,masks}}")
-    default = Path("runs", f"{config.init}-{time.strftime('%Y%m%d-%H%M%S')}")
+    default = Path("runs", f"{_init_label(config.init)}-{time.strftime('%Y%m%d-%H%M%S')}")
     config.out = str((Path(out) if out is not None else default).resolve())
     return config
+
+
+def _inherit_input_handling(config: TrainConfig, given: dict) -> None:
+    """A run from a checkpoint keeps the input size and upscale it was trained for, unless given."""
+    from edgeseg.zoo import init_entry, is_checkpoint
+
+    if not is_checkpoint(config.init):
+        return
+    config.init = str(Path(config.init).resolve())  # a resume from another folder still finds it
+    preprocess = init_entry(config.init).preprocess
+    if "input_size" not in given:
+        config.input_size = "x".join(map(str, input_hw(preprocess.input_size)))
+    if "upscale" not in given:
+        config.upscale = preprocess.upscale
+
+
+def _init_label(init: str) -> str:
+    """A zoo name as it is; a checkpoint as <its run folder>-<its name>, e.g. camvid-best."""
+    from edgeseg.zoo import is_checkpoint
+
+    if not is_checkpoint(init):
+        return init
+    path = Path(init)
+    return "-".join(part for part in (path.parent.name, path.stem) if part)
 
 
 # Ranges of the numeric options, named in the errors. Integers: inclusive.

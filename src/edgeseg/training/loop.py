@@ -25,7 +25,7 @@ from edgeseg.data import RemappedDataset, label_lut, open_dataset
 from edgeseg.errors import EdgesegError
 from edgeseg.files import ensure_writable_dir
 from edgeseg.labelsets import source_classes
-from edgeseg.registry import ModelEntry, get_entry
+from edgeseg.registry import ModelEntry
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
     load_state,
@@ -47,6 +47,7 @@ from edgeseg.training.data import (
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
+from edgeseg.zoo import init_entry, init_model, zoo_base
 
 POLY_POWER = 0.9
 
@@ -74,6 +75,7 @@ class Run:
     val_set: RemappedDataset
     steps_per_epoch: int
     show: bool
+    base: str  # the zoo entry under the init model, recorded in checkpoints
     loss_weights: torch.Tensor | None = None
 
     @property
@@ -119,7 +121,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     names = config.class_names
     lut = label_lut(config.label_map, names)
     source_labels = len(VOC_CLASSES) if lut is not None else len(names)
-    base_entry = get_entry(config.init)
+    base_entry = init_entry(config.init)
     show = progress and dist.is_main
     train_set = RemappedDataset(open_dataset(config.data, config.train_split), lut, names)
     val_set = RemappedDataset(open_dataset(config.data, config.val_split), lut, names, config.val_limit)
@@ -144,7 +146,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
     return Run(config, dist, out, entry, train_set, val_set,
-               steps_per_epoch, show, _loss_weights(config, train_set, dist.is_main))
+               steps_per_epoch, show, zoo_base(config.init), _loss_weights(config, train_set, dist.is_main))
 
 
 def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -> torch.Tensor | None:
@@ -159,10 +161,8 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
 
 def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
     """Returns the init model with batch norm inserted (statistics measured on training crops if `measure`)."""
-    from edgeseg.zoo import create_model
-
     config = run.config
-    model = create_model(config.init, class_names=run.names)
+    model = init_model(config.init, class_names=run.names)
     batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess),
                                   config.batch_size) if measure else []
     insert_batchnorm(model, batches, frozen=config.bn_frozen(run.dist.world))
@@ -298,7 +298,7 @@ def _validate(run: Run, model: torch.nn.Module, name: str) -> tuple[float | None
 def _baseline(run: Run, model: torch.nn.Module) -> dict:
     """Evaluates the init model as it is (remapped to the run's classes if needed); returns the log row."""
     config = run.config
-    if config.label_map == "voc":
+    if config.label_map == "voc" and init_entry(config.init).class_names != run.names:
         runtime = remapped_pretrained_runtime(config.init, run.names, config.data, run.dist.device)
         confusion = validate(runtime, run.val_set, run.names, run.dist, progress=run.show)
         miou = round(100 * confusion.miou(), 4)
@@ -349,7 +349,7 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
                          "val_miou": miou, "val_iou": dict(zip(run.names, ious)),
                          "best": progress.best_epoch == epoch, "seconds": round(seconds, 2)})
     if run.dist.is_main:
-        out, init = run.out, run.config.init
+        out, init = run.out, run.base
         # The log and weights first, state.pt last: it is what a resume trusts.
         write_log(out / "log.jsonl", progress.log)
         folded = fold_batchnorm(model)

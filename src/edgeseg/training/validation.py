@@ -34,17 +34,16 @@ def validate(runtime: Runtime, dataset: RemappedDataset, names: tuple[str, ...],
 
 def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | Path,
                                 device: str = "cpu") -> MappedRuntime:
-    """Returns zoo model `init` as a runtime whose VOC predictions are remapped to `names`."""
-    from edgeseg.registry import get_entry
+    """Returns zoo model (or checkpoint) `init` as a runtime whose VOC predictions are remapped to `names`."""
     from edgeseg.runtimes.torch import TorchRuntime
-    from edgeseg.zoo import create_model
+    from edgeseg.zoo import init_entry, init_model
 
-    entry = get_entry(init)
+    entry = init_entry(init)
     if entry.class_names != VOC_CLASSES:
         raise EdgesegError(f"{init}: not a VOC model, cannot remap its predictions to {','.join(names)}")
     resolve_label_map("voc", names, Path(data))  # checks the names
-    runtime = TorchRuntime(create_model(init), num_classes=entry.num_classes, device=device,
-                           name=f"torch:{init}")
+    runtime = TorchRuntime(init_model(init), num_classes=entry.num_classes, device=device,
+                           name=f"torch:{entry.name}", preprocess=entry.preprocess)
     return MappedRuntime(runtime, label_lut("voc", names), len(names))
 
 
