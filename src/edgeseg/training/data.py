@@ -60,13 +60,13 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop:
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
     h, w = mask.shape
-    ph, pw = max(h, crop), max(w, crop)
-    pixels = np.full((ph, pw, 3), preprocess.pad_value, dtype=np.float32)
-    pixels[:h, :w] = image.astype(np.float32) * preprocess.scale + preprocess.offset
-    labels = np.full((ph, pw), IGNORE_INDEX, dtype=np.uint8)
-    labels[:h, :w] = mask
-    top, left = int(rng.integers(0, ph - crop + 1)), int(rng.integers(0, pw - crop + 1))
-    pixels, labels = pixels[top:top + crop, left:left + crop], labels[top:top + crop, left:left + crop]
+    top, left = int(rng.integers(0, max(h, crop) - crop + 1)), int(rng.integers(0, max(w, crop) - crop + 1))
+    # Only the window is normalized: what lies past the frame is padding (the mean pixel, label 255).
+    image, mask = image[top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+    pixels = np.full((crop, crop, 3), preprocess.pad_value, dtype=np.float32)
+    pixels[:image.shape[0], :image.shape[1]] = image.astype(np.float32) * preprocess.scale + preprocess.offset
+    labels = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8)
+    labels[:mask.shape[0], :mask.shape[1]] = mask
     if rng.random() < 0.5:
         pixels, labels = pixels[:, ::-1], labels[:, ::-1]
     return np.ascontiguousarray(pixels), np.ascontiguousarray(labels)
