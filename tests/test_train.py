@@ -473,3 +473,5 @@ def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
     assert json.loads((again / "config.json").read_text())["input_size"] == "129"
     assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", tmp_path / "none.safetensors")) == 2
     assert "none.safetensors: no such file" in capsys.readouterr().err
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", "model.tflite")) == 2
+    assert "no trainable weights" in capsys.readouterr().err

@@ -139,6 +139,9 @@ def is_checkpoint(init: str | Path) -> bool:
 
 def init_entry(init: str | Path) -> ModelEntry:
     """The entry a fine-tune starts from: zoo model `init`, or the checkpoint at path `init`."""
+    if str(init).lower().endswith(".tflite"):
+        raise EdgesegError(f"{init}: a .tflite holds no trainable weights; start from a zoo model or a "
+                           ".safetensors checkpoint")
     return checkpoint_entry(init) if is_checkpoint(init) else get_entry(str(init))
 
 
