@@ -16,6 +16,7 @@ import edgeseg
 from edgeseg.api import as_rgb
 from edgeseg.backends import open_model, open_runtime, tflite_class_names
 from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import fit_to_input, restore_size
 from edgeseg.voc import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,11 +127,13 @@ def test_fine_tuned_checkpoint_runs_with_torch(tmp_path):
 
 
 def test_input_size_and_upscale_replace_the_models_own(dm05_official):
-    small = np.asarray(Image.open(PHOTO).convert("RGB"))[::4, ::4]  # 94x125: far smaller than the input
+    small = np.asarray(Image.open(PHOTO).convert("RGB"))[::4, ::4]  # far smaller than the input
     seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", backend="torch", input_size=(161, 225), upscale=True)
     assert (seg.runtime.input_size, seg.runtime.upscale) == ((161, 225), True)
     assert seg.description == "deeplabv3_mnv2_dm05_voc (PyTorch FP32) at 161x225, frames enlarged to fit"
-    assert seg(small).labels.shape == small.shape[:2]
+    enlarged = fit_to_input(small, (161, 225), upscale=True)  # the frame grows until a side fits the input
+    assert enlarged.shape[0] > small.shape[0] and (enlarged.shape[0] == 161 or enlarged.shape[1] == 225)
+    assert np.array_equal(seg(small).labels, restore_size(seg.runtime.predict(enlarged), *small.shape[:2]))
     # A .tflite keeps the size it was exported at; its upscale flag can still be set either way.
     assert open_model(tflite=dm05_official, upscale=True).runtime.upscale is True
     assert open_model(tflite=dm05_official, input_size=513, upscale=False).runtime.upscale is False
@@ -139,6 +142,8 @@ def test_input_size_and_upscale_replace_the_models_own(dm05_official):
     for bad in (5, (513,), (513, 513.5), True, "513"):
         with pytest.raises(EdgesegError, match="sides 33..2049"):
             open_model("deeplabv3_mnv2_dm05_voc", backend="torch", input_size=bad)
+    with pytest.raises(EdgesegError, match="upscale must be True, False or None"):
+        edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", upscale="no")
 
 
 def test_cli_evaluate_runs_a_zoo_model_at_another_input(capsys):

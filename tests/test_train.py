@@ -436,6 +436,7 @@ def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
     from dataclasses import replace
 
     from edgeseg.registry import Preprocess, get_entry
+    from edgeseg.training.config import new_config
     from edgeseg.zoo import checkpoint_entry, init_model, save_checkpoint
 
     # A person-vs-rest checkpoint for frames enlarged to 161x225.
@@ -466,11 +467,28 @@ def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
     assert checkpoint_entry(out / "best.safetensors").preprocess == entry.preprocess
     with safe_open(str(out / "best.safetensors"), framework="pt") as f:
         assert f.metadata()["edgeseg_base"] == base.name
-    # Given options win over the inherited ones; a missing checkpoint is one line.
+    # Given options win over the inherited ones; the default run folder is named after the checkpoint.
     again = tmp_path / "again"
     assert _train(*_tiny_args(tiny_voc, again, "--epochs", 1, "--init", start, "--input-size", 129,
-                              "--max-steps", 1)) == 0
+                              "--no-upscale", "--max-steps", 1)) == 0
     assert json.loads((again / "config.json").read_text())["input_size"] == "129"
+    assert checkpoint_entry(again / "last.safetensors").preprocess == Preprocess(input_size=(129, 129))
+    default = new_config({"data": tiny_voc, "init": str(start), "classes": "background,person"}, None)
+    assert Path(default.out).name.startswith("earlier-best-")
+
+    # A resume rebuilds from the run's own checkpoint: the init file may be gone, and named relatively.
+    moved = start.rename(tmp_path / "moved.safetensors")
+    assert _train("--resume", out, "--init", os.path.relpath(start), "--epochs", 2) == 0
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 2
+    moved.rename(start)
+
+    # --baseline on VOC labels needs an init that predicts VOC's classes or the run's: checked up front.
+    odd = tmp_path / "odd.safetensors"
+    save_checkpoint(init_model(start, ("background", "person", "bus")), odd,
+                    replace(entry, class_names=("background", "person", "bus")), base.name)
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "odd", "--init", odd, "--baseline")) == 2
+    assert "predicts neither VOC's classes nor --classes" in capsys.readouterr().err
+    assert not (tmp_path / "odd" / "state.pt").exists()
     assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", tmp_path / "none.safetensors")) == 2
     assert "none.safetensors: no such file" in capsys.readouterr().err
     assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", "model.tflite")) == 2

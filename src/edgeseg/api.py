@@ -144,9 +144,9 @@ class Segmenter:
     `model` is a zoo name (see `edgeseg.list_models()`), a `.tflite` file, or a `.safetensors` checkpoint
     (also accepted as `tflite=` / `weights=`, whatever their suffix). Default backend: a zoo model runs its
     official INT8 `.tflite` with LiteRT (fast, and torch is not imported); `backend="torch"` runs the
-    PyTorch FP32 model. `threads` sets LiteRT's CPU threads. `input_size` (N or (H, W); PyTorch models only,
-    a `.tflite` keeps its own) and `upscale` (enlarge smaller frames to fit) replace the model's input
-    handling; by default a model runs as it was trained.
+    PyTorch FP32 model. `threads` sets LiteRT's CPU threads. `input_size` (N or (H, W): any size for a
+    PyTorch model, a `.tflite` only its exported one) and `upscale` (enlarge smaller frames to fit) replace
+    the model's input handling; by default a model runs as it was trained.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, weights: str | os.PathLike | None = None,

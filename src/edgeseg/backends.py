@@ -157,6 +157,10 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     """
     if backend is not None and backend not in BACKENDS:
         raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if input_size is not None:
+        input_size = checked_size(input_size)  # before any model is built or resolved
+    if upscale is not None and not isinstance(upscale, bool):
+        raise EdgesegError(f"upscale must be True, False or None, got {upscale!r}")
     if model is not None and tflite is None and weights is None:
         suffix = Path(str(model)).suffix.lower()
         if suffix == ".tflite":
@@ -215,7 +219,7 @@ def _with_input_handling(runtime: Runtime, input_size: Size | None, upscale: boo
     if input_size is not None and checked_size(input_size) != tuple(runtime.input_size):
         have, want = ("x".join(map(str, s)) for s in (runtime.input_size, checked_size(input_size)))
         raise EdgesegError(f"{what} takes {have} input, not {want}: export the model at that size "
-                           f"(`edgeseg export --input-size {want}`) or run the PyTorch model (--backend torch)")
+                           f"(`edgeseg export --input-size {want}`), or run its PyTorch model, which takes any")
     if upscale is not None:
         runtime.upscale = upscale
     return runtime
@@ -223,7 +227,10 @@ def _with_input_handling(runtime: Runtime, input_size: Size | None, upscale: boo
 
 def checked_size(size: Size) -> tuple[int, int]:
     """(height, width) of a size given as N or (H, W); each side a whole number in 33..2049, as on the CLI."""
-    pair = (size, size) if isinstance(size, Integral) else tuple(size) if isinstance(size, tuple | list) else ()
+    if isinstance(size, Integral):
+        pair: tuple = (size, size)
+    else:  # a tuple, list or array of two sides; anything else (a string, say) fails the check below
+        pair = tuple(size) if hasattr(size, "__iter__") and not isinstance(size, str | bytes) else ()
     if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and 33 <= v <= 2049
                                  for v in pair):
         raise EdgesegError(f"input size must be N or (height, width) with sides 33..2049, got {size!r}")

@@ -58,9 +58,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "more; weights from the training masks, printed at the start)")
     p.add_argument("--input-size", metavar="N|HxW",
                    help="the input the model is deployed at: validation and exports use it (default 513)")
-    p.add_argument("--upscale", action="store_true", default=None,
+    p.add_argument("--upscale", action=argparse.BooleanOptionalAction, default=None,
                    help="enlarge frames smaller than --input-size to fit it, in training and wherever the "
-                        "checkpoint runs (small frames, e.g. 480x360 road scenes: small objects grow)")
+                        "checkpoint runs (small frames, e.g. 480x360 road scenes: small objects grow); "
+                        "default off, or as the --init checkpoint was trained")
     p.add_argument("--weight-decay", type=float, help="on conv weights (default 4e-5)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--seed", type=int,
@@ -68,7 +69,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="at most N steps per epoch (quick runs)")
     p.add_argument("--val-limit", type=int, help="validate on the first N images of the val split only")
     p.add_argument("-o", "--output", "--out", dest="out", type=Path,
-                   help="run folder (default runs/<init>-<time>); --out is the older spelling")
+                   help="run folder (default runs/<init>-<time>, for a checkpoint runs/<its folder>-<its "
+                        "name>-<time>); --out is the older spelling")
     p.add_argument("--resume", type=Path, metavar="RUNDIR",
                    help="continue the run in RUNDIR from its last finished epoch")
     p.add_argument("--workers", type=int, default=1,

@@ -111,7 +111,7 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
 def _normalized(key: str, value: object, init: str) -> object:
     if value is None:
         return None
-    if key == "data":
+    if key == "data" or (key == "init" and str(value).lower().endswith(".safetensors")):
         return str(Path(str(value)).resolve())
     if key == "classes":
         return ",".join(resolve_classes(str(value), init))

@@ -47,7 +47,7 @@ from edgeseg.training.data import (
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
-from edgeseg.zoo import init_entry, init_model, zoo_base
+from edgeseg.zoo import init_entry, init_model, is_checkpoint, zoo_base
 
 POLY_POWER = 0.9
 
@@ -76,6 +76,7 @@ class Run:
     steps_per_epoch: int
     show: bool
     base: str  # the zoo entry under the init model, recorded in checkpoints
+    start: str  # the weights the model is built from: the init, or on resume the run's own last checkpoint
     loss_weights: torch.Tensor | None = None
 
     @property
@@ -121,7 +122,11 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     names = config.class_names
     lut = label_lut(config.label_map, names)
     source_labels = len(VOC_CLASSES) if lut is not None else len(names)
-    base_entry = init_entry(config.init)
+    out = Path(config.out)
+    # state.pt restores every weight on resume, so a run started from a checkpoint rebuilds from its own
+    # last one: the init file may have moved since.
+    start = str(out / "last.safetensors") if resume and is_checkpoint(config.init) else config.init
+    base_entry = init_entry(start)
     show = progress and dist.is_main
     train_set = RemappedDataset(open_dataset(config.data, config.train_split), lut, names)
     val_set = RemappedDataset(open_dataset(config.data, config.val_split), lut, names, config.val_limit)
@@ -136,17 +141,19 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
                            f"fewer than --batch-size {config.batch_size}")
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
-    out = Path(config.out)
     if not resume and (out / "state.pt").exists():
         raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another -o/--output")
     if baseline and lut is None and set(source_classes(base_entry.class_names, names)) != set(names):
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
+    if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):
+        raise EdgesegError(f"--baseline: {config.init} predicts neither VOC's classes nor --classes, so its "
+                           "predictions cannot be scored on these labels")
     if dist.is_main:
         ensure_writable_dir(out)
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
     return Run(config, dist, out, entry, train_set, val_set,
-               steps_per_epoch, show, zoo_base(config.init), _loss_weights(config, train_set, dist.is_main))
+               steps_per_epoch, show, zoo_base(start), start, _loss_weights(config, train_set, dist.is_main))
 
 
 def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -> torch.Tensor | None:
@@ -162,7 +169,7 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
 def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
     """Returns the init model with batch norm inserted (statistics measured on training crops if `measure`)."""
     config = run.config
-    model = init_model(config.init, class_names=run.names)
+    model = init_model(run.start, class_names=run.names)
     batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess),
                                   config.batch_size) if measure else []
     insert_batchnorm(model, batches, frozen=config.bn_frozen(run.dist.world))
@@ -299,7 +306,8 @@ def _baseline(run: Run, model: torch.nn.Module) -> dict:
     """Evaluates the init model as it is (remapped to the run's classes if needed); returns the log row."""
     config = run.config
     if config.label_map == "voc" and init_entry(config.init).class_names != run.names:
-        runtime = remapped_pretrained_runtime(config.init, run.names, config.data, run.dist.device)
+        runtime = remapped_pretrained_runtime(config.init, run.names, config.data, run.dist.device,
+                                              preprocess=run.entry.preprocess)
         confusion = validate(runtime, run.val_set, run.names, run.dist, progress=run.show)
         miou = round(100 * confusion.miou(), 4)
     else:

@@ -15,6 +15,7 @@ from edgeseg.evaluate import evaluate
 from edgeseg.labelsets import MappedRuntime
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.pipeline import Runtime
+from edgeseg.registry import Preprocess
 from edgeseg.training.distributed import Dist
 from edgeseg.voc import VOC_CLASSES
 
@@ -33,8 +34,9 @@ def validate(runtime: Runtime, dataset: RemappedDataset, names: tuple[str, ...],
 
 
 def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | Path,
-                                device: str = "cpu") -> MappedRuntime:
-    """Returns zoo model (or checkpoint) `init` as a runtime whose VOC predictions are remapped to `names`."""
+                                device: str = "cpu", preprocess: Preprocess | None = None) -> MappedRuntime:
+    """Returns zoo model (or checkpoint) `init` as a runtime whose VOC predictions are remapped to `names`,
+    run with `preprocess` (default: the init's own input handling)."""
     from edgeseg.runtimes.torch import TorchRuntime
     from edgeseg.zoo import init_entry, init_model
 
@@ -43,7 +45,7 @@ def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | P
         raise EdgesegError(f"{init}: not a VOC model, cannot remap its predictions to {','.join(names)}")
     resolve_label_map("voc", names, Path(data))  # checks the names
     runtime = TorchRuntime(init_model(init), num_classes=entry.num_classes, device=device,
-                           name=f"torch:{entry.name}", preprocess=entry.preprocess)
+                           name=f"torch:{entry.name}", preprocess=preprocess or entry.preprocess)
     return MappedRuntime(runtime, label_lut("voc", names), len(names))
 
 
