@@ -202,22 +202,24 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     return OpenedModel(runtime, entry.class_names, description, entry.name, "torch")
 
 
-def _input_handling(preprocess: Preprocess, input_size: Size | None, upscale: bool | None) -> Preprocess:
-    """`preprocess` with the input size and upscale a user asked for (None keeps the model's)."""
+def _input_handling(preprocess: Preprocess, input_size: tuple[int, int] | None,
+                    upscale: bool | None) -> Preprocess:
+    """`preprocess` with the input size (checked) and upscale a user asked for (None keeps the model's)."""
     from dataclasses import replace
 
     changes: dict[str, object] = {}
     if input_size is not None:
-        changes["input_size"] = checked_size(input_size)
+        changes["input_size"] = input_size
     if upscale is not None:
         changes["upscale"] = upscale
     return replace(preprocess, **changes)
 
 
-def _with_input_handling(runtime: Runtime, input_size: Size | None, upscale: bool | None, what: str) -> Runtime:
-    """A .tflite's input size is fixed when it is exported; only its upscale flag can change."""
-    if input_size is not None and checked_size(input_size) != tuple(runtime.input_size):
-        have, want = ("x".join(map(str, s)) for s in (runtime.input_size, checked_size(input_size)))
+def _with_input_handling(runtime: Runtime, input_size: tuple[int, int] | None, upscale: bool | None,
+                         what: str) -> Runtime:
+    """A .tflite's input size (checked) is fixed when it is exported; only its upscale flag can change."""
+    if input_size is not None and input_size != tuple(runtime.input_size):
+        have, want = ("x".join(map(str, s)) for s in (runtime.input_size, input_size))
         raise EdgesegError(f"{what} takes {have} input, not {want}: export the model at that size "
                            f"(`edgeseg export --input-size {want}`), or run its PyTorch model, which takes any")
     if upscale is not None:
@@ -237,7 +239,8 @@ def checked_size(size: Size) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _described(description: str, runtime: Runtime, input_size: Size | None, upscale: bool | None) -> str:
+def _described(description: str, runtime: Runtime, input_size: tuple[int, int] | None,
+               upscale: bool | None) -> str:
     """The description, with the input handling when the user chose it."""
     if input_size is None and upscale is None:
         return description

@@ -109,9 +109,11 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
 
 
 def _normalized(key: str, value: object, init: str) -> object:
+    from edgeseg.zoo import is_checkpoint
+
     if value is None:
         return None
-    if key == "data" or (key == "init" and str(value).lower().endswith(".safetensors")):
+    if key == "data" or (key == "init" and is_checkpoint(str(value))):
         return str(Path(str(value)).resolve())
     if key == "classes":
         return ",".join(resolve_classes(str(value), init))
