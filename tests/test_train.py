@@ -34,7 +34,7 @@ from edgeseg.training import (
 )
 from edgeseg.training.batchnorm import ConvBNAct
 from edgeseg.voc import VOC_CLASSES
-from edgeseg.zoo import create_model, load_checkpoint
+from edgeseg.zoo import create_model, load_checkpoint, read_verified
 
 PERSON = VOC_CLASSES.index("person")
 NAMES = ("background", "person")
@@ -493,3 +493,107 @@ def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
     assert "none.safetensors: no such file" in capsys.readouterr().err
     assert _train(*_tiny_args(tiny_voc, tmp_path / "x", "--init", "model.tflite")) == 2
     assert "no trainable weights" in capsys.readouterr().err
+
+
+# Distillation --------------------------------------------------------------------------------------
+
+class _MaskTeacher(torch.nn.Module):
+    """A stand-in teacher whose logits at the input are the (padded) mask's classes, one-hot, x10."""
+
+    def __init__(self, mask: np.ndarray, input_hw: tuple[int, int]):
+        super().__init__()
+        padded = np.zeros(input_hw, dtype=np.int64)
+        padded[:mask.shape[0], :mask.shape[1]] = np.where(mask == 255, 0, mask)
+        self.logits = 10 * F.one_hot(torch.from_numpy(padded), 2).permute(2, 0, 1)[None].float()
+
+    def forward(self, x):
+        assert x.shape[-2:] == self.logits.shape[-2:]
+        return self.logits
+
+
+def test_teacher_soft_labels_follow_the_augmentation(tiny_voc):
+    # Soft labels computed from the frame (at 1/4 of its size) and cut with the crop's window, scale and
+    # flip agree with the crop's labels away from edges; mirrored, they do not.
+    from edgeseg.pipeline import DEEPLAB
+    from edgeseg.training.distill import soft_labels
+
+    train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
+    maps = []
+    for sample in train.samples:
+        image, mask = train.load(sample)
+        maps.append(soft_labels(_MaskTeacher(mask, (513, 513)), DEEPLAB, image, torch.arange(2), 2))
+        assert maps[-1].dtype == torch.float16 and maps[-1].shape == (2, -(-mask.shape[0] // 4), -(-mask.shape[1] // 4))
+        assert torch.allclose(maps[-1].float().exp().sum(0), torch.ones(1), atol=1e-2)
+    crops = TrainCrops(train, 129, seed=0, teacher=maps)
+    plain = TrainCrops(train, 129, seed=0)
+    agree, mirrored = [], []
+    for key in [(epoch, i) for epoch in (1, 2) for i in range(8)]:
+        pixels, labels, soft = crops[key]
+        assert torch.equal(pixels, plain[key][0]) and torch.equal(labels, plain[key][1])  # same draws
+        keep = labels != 255
+        agree.append((soft.float().argmax(0) == labels)[keep].float().mean())
+        mirrored.append((soft.float().flip(-1).argmax(0) == labels)[keep].float().mean())
+        assert agree[-1] > 0.9, key
+        assert torch.all(soft[:, ~keep & (pixels == 0).all(0)] == 0)  # nothing past the frame
+    assert np.mean(agree) > 0.99 and np.mean(mirrored) < np.mean(agree) - 0.1, (agree, mirrored)
+
+
+def _first_loss(run: Path) -> float:
+    return json.loads((run / "log.jsonl").read_text().splitlines()[0])["loss"]
+
+
+def test_distillation_adds_the_teachers_kl_to_the_loss(tiny_voc, tmp_path, capsys):
+    # The VOC model teaches person vs rest: its 21 classes' probabilities sum into the run's 2.
+    plain, taught, heavy = tmp_path / "plain", tmp_path / "taught", tmp_path / "heavy"
+    one = ("--epochs", 1, "--max-steps", 1)
+    assert _train(*_tiny_args(tiny_voc, plain, *one)) == 0
+    assert _train(*_tiny_args(tiny_voc, taught, *one, "--teacher", "deeplabv3_mnv2_dm05_voc")) == 0
+    assert _train(*_tiny_args(tiny_voc, heavy, *one, "--teacher", "deeplabv3_mnv2_dm05_voc",
+                              "--distill-weight", 2)) == 0
+    # Same crops, same start: the first step's loss grows by the KL term, linearly in its weight.
+    kl = _first_loss(taught) - _first_loss(plain)
+    assert kl > 1e-3 and abs(_first_loss(heavy) - _first_loss(plain) - 2 * kl) < 1e-4
+
+    # The cached soft labels are the teacher's: probabilities, agreeing with the masks on most pixels.
+    tensors, metadata = read_verified(taught / "teacher.safetensors")
+    assert metadata["teacher"] == "deeplabv3_mnv2_dm05_voc" and metadata["classes"] == "background,person"
+    train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
+    assert len(tensors) == len(train) == 8
+    for i, sample in enumerate(train.samples):
+        _, mask = train.load(sample)
+        small = mask[::4, ::4]
+        soft = tensors[str(i)].float()
+        assert soft.shape == (2, *small.shape)
+        assert torch.allclose(soft.exp().sum(0), torch.ones(1), atol=1e-2)
+        keep = torch.from_numpy(small != 255)
+        assert (soft.argmax(0) == torch.from_numpy(small.astype(np.int64)))[keep].float().mean() > 0.85
+
+
+def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    teacher = ("--teacher", "deeplabv3_mnv2_dm05_voc", "--epochs", 2)
+    assert _train(*_tiny_args(tiny_voc, straight, *teacher)) == 0
+    assert _train(*_tiny_args(tiny_voc, resumed, *teacher, "--stop-after-epoch", 1)) == 0
+    cache = resumed / "teacher.safetensors"
+    written = cache.stat().st_mtime_ns
+    assert _train("--resume", resumed) == 0
+    assert cache.stat().st_mtime_ns == written  # read back, not recomputed
+    a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_teachers_are_one_line_errors(tiny_voc, tmp_path, capsys):
+    cases = [
+        (("--teacher", tmp_path / "missing.safetensors"), "--teacher: "),
+        (("--teacher", "no_such_model"), "--teacher: "),
+        (("--teacher", "deeplab_edgetpu_slim_cityscapes"), "cannot be mapped onto them"),
+        (("--teacher-input-size", "721x961"), "--teacher-input-size needs --teacher"),
+        (("--teacher", "deeplabv3_mnv2_dm05_voc", "--teacher-input-size", "9"), "--teacher-input-size: "),
+        (("--teacher", "deeplabv3_mnv2_dm05_voc", "--distill-weight", 0), "--distill-weight must be more than 0"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert _train(*_tiny_args(tiny_voc, tmp_path / "run", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "run" / "state.pt").exists()

@@ -62,6 +62,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="enlarge frames smaller than --input-size to fit it, in training and wherever the "
                         "checkpoint runs (small frames, e.g. 480x360 road scenes: small objects grow); "
                         "default off, or as the --init checkpoint was trained")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="distil from this zoo model or checkpoint: its soft labels (computed once per training "
+                        "frame, cached in the run folder) join the loss; its classes must be the run's, or VOC's "
+                        "with --label-map voc")
+    p.add_argument("--teacher-input-size", metavar="N|HxW",
+                   help="run the teacher at this input (default: its own input size and upscale)")
+    p.add_argument("--distill-weight", type=float,
+                   help="weight of KL(teacher || student) per labelled pixel, added to the cross-entropy "
+                        "(default 1)")
     p.add_argument("--weight-decay", type=float, help="on conv weights (default 4e-5)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     p.add_argument("--seed", type=int,

@@ -29,7 +29,8 @@ RESUME_OVERRIDES = ("epochs",)
 # rare classes (poles, signs, cyclists) weigh more, so they are not given up for the large ones.
 CLASS_WEIGHT_MODES = ("none", "median-frequency")
 # Options added after runs were saved without them, with the value those runs used.
-LEGACY_DEFAULTS = {"class_weights": "none", "input_size": "513", "upscale": False}
+LEGACY_DEFAULTS = {"class_weights": "none", "input_size": "513", "upscale": False, "teacher": "",
+                   "teacher_input_size": "", "distill_weight": 1.0}
 
 
 @dataclass
@@ -58,6 +59,10 @@ class TrainConfig:
     # are enlarged to fit it, in training (before the random scale) and wherever the checkpoint runs.
     input_size: str = "513"
     upscale: bool = False
+    # Distillation (training/distill.py): a model whose soft labels join the loss, its input, their weight.
+    teacher: str = ""
+    teacher_input_size: str = ""  # "": the teacher's own
+    distill_weight: float = 1.0
 
     def preprocess_for(self, base: Preprocess) -> Preprocess:
         """Returns the init model's preprocessing with this run's input size and upscale."""
@@ -113,7 +118,7 @@ def _normalized(key: str, value: object, init: str) -> object:
 
     if value is None:
         return None
-    if key == "data" or (key == "init" and is_checkpoint(str(value))):
+    if key == "data" or (key in ("init", "teacher") and is_checkpoint(str(value))):
         return str(Path(str(value)).resolve())
     if key == "classes":
         return ",".join(resolve_classes(str(value), init))
@@ -169,6 +174,15 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
         raise EdgesegError(f"{data}: no such folder")
     config = TrainConfig(**{**given, "data": str(data.resolve()), "classes": ""})
     _inherit_input_handling(config, given)
+    if config.teacher:
+        from edgeseg.zoo import init_entry, is_checkpoint
+
+        if is_checkpoint(config.teacher):  # a resume from another folder still finds it
+            config.teacher = str(Path(config.teacher).resolve())
+        try:  # a missing or unknown teacher fails now, not after the data checks
+            init_entry(config.teacher)
+        except EdgesegError as exc:
+            raise EdgesegError(f"--teacher: {exc}") from None
     names = resolve_classes(given.get("classes"), config.init)
     config.classes = ",".join(names)
     config.label_map = resolve_label_map(config.label_map, names, data)
@@ -213,7 +227,7 @@ INT_RANGES = {"epochs": (1, 10_000), "batch_size": (1, 4096), "crop": (33, 2049)
               "max_steps": (1, 10**9), "val_limit": (1, 10**9)}
 # Floats, finite only: (low, high, low included, high included).
 FLOAT_RANGES = {"lr": (0.0, 10.0, False, True), "momentum": (0.0, 1.0, True, False),
-                "weight_decay": (0.0, 1.0, True, True)}
+                "weight_decay": (0.0, 1.0, True, True), "distill_weight": (0.0, 100.0, False, True)}
 
 
 def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
@@ -257,3 +271,11 @@ def check_config(config: TrainConfig) -> None:
         raise EdgesegError(f"upscale must be true or false, got {config.upscale!r}")
     if config.class_weights not in CLASS_WEIGHT_MODES:
         raise EdgesegError(f"--class-weights {config.class_weights}: expected one of {', '.join(CLASS_WEIGHT_MODES)}")
+    if config.teacher_input_size:
+        if not config.teacher:
+            raise EdgesegError("--teacher-input-size needs --teacher")
+        try:
+            height, width = parse_size(str(config.teacher_input_size))
+        except EdgesegError as exc:
+            raise EdgesegError(f"--teacher-input-size: {exc}") from None
+        config.teacher_input_size = str(height) if height == width else f"{height}x{width}"

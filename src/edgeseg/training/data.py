@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,27 +48,45 @@ def validate_dataset(dataset: RemappedDataset, num_labels: int, *, progress: boo
                            f"are bad, e.g. {'; '.join(bad[:3])}")
 
 
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int,
-            preprocess: Preprocess = DEEPLAB) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class CropWindow:
+    """Where `augment` cuts: the frame scaled to (height, width), the window at (top, left), mirrored or not."""
+
+    height: int
+    width: int
+    top: int
+    left: int
+    flip: bool
+
+
+def draw_window(rng: np.random.Generator, height: int, width: int, crop: int) -> CropWindow:
+    """Draws DeepLab's random scale in SCALE_RANGE, crop position and flip (p=0.5), in that order."""
+    scale = rng.uniform(*SCALE_RANGE)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = int(rng.integers(0, max(h, crop) - crop + 1)), int(rng.integers(0, max(w, crop) - crop + 1))
+    return CropWindow(h, w, top, left, bool(rng.random() < 0.5))
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None, crop: int,
+            preprocess: Preprocess = DEEPLAB, window: CropWindow | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (float32 (crop, crop, 3) normalized pixels, uint8 (crop, crop) labels), DeepLab style.
 
     Random scale in SCALE_RANGE (bilinear image, nearest mask), pad bottom/right to at least the crop
     with the mean pixel (0 after scaling) and label 255, random crop, horizontal flip with p=0.5.
+    The window is drawn from `rng` unless given (`draw_window`).
     """
-    scale = rng.uniform(*SCALE_RANGE)
-    height, width = mask.shape
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    win = window or draw_window(rng, *mask.shape, crop)
+    size = (win.width, win.height)
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    h, w = mask.shape
-    top, left = int(rng.integers(0, max(h, crop) - crop + 1)), int(rng.integers(0, max(w, crop) - crop + 1))
+    top, left = win.top, win.left
     # Only the window is normalized: what lies past the frame is padding (the mean pixel, label 255).
     image, mask = image[top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
     pixels = np.full((crop, crop, 3), preprocess.pad_value, dtype=np.float32)
     pixels[:image.shape[0], :image.shape[1]] = image.astype(np.float32) * preprocess.scale + preprocess.offset
     labels = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8)
     labels[:mask.shape[0], :mask.shape[1]] = mask
-    if rng.random() < 0.5:
+    if win.flip:
         pixels, labels = pixels[:, ::-1], labels[:, ::-1]
     return np.ascontiguousarray(pixels), np.ascontiguousarray(labels)
 
@@ -96,19 +115,31 @@ class TrainCrops:
     as the deployed model will see it (at 513, DeepLab trains on frames as they are).
     """
 
-    def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB) -> None:
+    def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB,
+                 teacher: list[torch.Tensor] | None = None) -> None:
+        """`teacher`: soft labels per sample (`distill.teacher_targets`), cropped like the labels if given."""
         self.dataset, self.crop, self.seed, self.preprocess = dataset, crop, seed, preprocess
+        self.teacher = teacher
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """Returns (pixels (3, crop, crop), labels (crop, crop)), and the teacher's (C, crop, crop) if any."""
         epoch, index = key
         image, mask = self.dataset.load(self.dataset.samples[index])
         if self.preprocess.upscale or input_hw(self.preprocess.input_size) != input_hw(DEEPLAB.input_size):
             image, mask = fit_pair(image, mask, self.preprocess)
-        pixels, labels = augment(image, mask, sample_rng(self.seed, epoch, index), self.crop)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
+        window = draw_window(sample_rng(self.seed, epoch, index), *mask.shape, self.crop)
+        pixels, labels = augment(image, mask, None, self.crop, window=window)
+        sample = torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
+        if self.teacher is None:
+            return sample
+        from edgeseg.training.distill import soft_crop
+
+        soft = soft_crop(self.teacher[index], (window.height, window.width), window.top, window.left,
+                         self.crop, window.flip)
+        return (*sample, soft)
 
 
 class EpochBatches:

@@ -44,6 +44,7 @@ from edgeseg.training.data import (
     median_frequency_weights,
     validate_dataset,
 )
+from edgeseg.training.distill import CACHE_NAME, distillation_sum, teacher_class_map, teacher_targets
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
@@ -78,6 +79,7 @@ class Run:
     base: str  # the zoo entry under the init model, recorded in checkpoints
     start: str  # the weights the model is built from: the init, or on resume the run's own last checkpoint
     loss_weights: torch.Tensor | None = None
+    teacher: list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -148,12 +150,14 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):
         raise EdgesegError(f"--baseline: {config.init} predicts neither VOC's classes nor --classes, so its "
                            "predictions cannot be scored on these labels")
+    if config.teacher:
+        teacher_class_map(config.teacher, init_entry(config.teacher).class_names, names, config.label_map)
     if dist.is_main:
         ensure_writable_dir(out)
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
-    return Run(config, dist, out, entry, train_set, val_set,
-               steps_per_epoch, show, zoo_base(start), start, _loss_weights(config, train_set, dist.is_main))
+    return Run(config, dist, out, entry, train_set, val_set, steps_per_epoch, show, zoo_base(start), start,
+               _loss_weights(config, train_set, dist.is_main), _teacher(config, train_set, out, dist, show))
 
 
 def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -> torch.Tensor | None:
@@ -164,6 +168,19 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
         shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(config.class_names, weights))
         print(f"class weights ({config.class_weights}): {shown}", file=sys.stderr)
     return torch.from_numpy(weights)
+
+
+def _teacher(config: TrainConfig, train_set: RemappedDataset, out: Path, dist: Dist,
+             show: bool) -> list[torch.Tensor] | None:
+    """The teacher's soft labels: computed once by rank 0 into the run folder, then read by every rank."""
+    if not config.teacher:
+        return None
+    cache = out / CACHE_NAME
+    args = (config.teacher, config.teacher_input_size, train_set, config.class_names, config.label_map)
+    if dist.is_main:
+        targets = teacher_targets(*args, cache, progress=show)
+    dist.barrier()
+    return targets if dist.is_main else teacher_targets(*args, cache)
 
 
 def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
@@ -258,21 +275,23 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
     sampler = EpochBatches(len(run.train_set), config.batch_size, run.steps_per_epoch, config.seed, epoch,
                            dist.rank, dist.world)
     # Worker processes augment the next batches while this one trains; the result does not depend on them.
-    crops = TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess)
+    crops = TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess, run.teacher)
     loader = torch.utils.data.DataLoader(crops, batch_sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not run.show, file=sys.stderr)
     losses = []
     weights = None if run.loss_weights is None else run.loss_weights.to(device)
-    for pixels, labels in bar:
+    for pixels, labels, *soft in bar:
         pixels = pixels.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         lr = scheduler.get_last_lr()[0]
         # Normalise by the labelled pixels of the whole global batch, so DDP's gradient average
         # equals the single-process gradient.
         (labelled,) = dist.all_sum([float((labels != IGNORE_INDEX).sum())])
-        loss_sum = F.cross_entropy(model(pixels), labels, weight=weights, ignore_index=IGNORE_INDEX,
-                                   reduction="sum")
+        logits = model(pixels)
+        loss_sum = F.cross_entropy(logits, labels, weight=weights, ignore_index=IGNORE_INDEX, reduction="sum")
+        if soft:
+            loss_sum = loss_sum + config.distill_weight * distillation_sum(logits, soft[0].to(device), labels)
         loss = loss_sum * (dist.world / max(labelled, 1.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

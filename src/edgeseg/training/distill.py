@@ -1,0 +1,118 @@
+"""Distillation: a teacher model's soft labels for every training frame, and the loss that uses them.
+
+With `--teacher MODEL`, each step adds `--distill-weight` x KL(teacher || student) per labelled pixel
+(temperature 1) to the cross-entropy (Hinton et al. 2015, per pixel as in Liu et al. 2019). The teacher
+runs once per training frame, as it is deployed (its own input size and upscale, or --teacher-input-size).
+Its class probabilities, summed into the run's classes, are kept as float16 log-probabilities at
+1/TARGET_STRIDE of the frame, cached in RUNDIR/teacher.safetensors, and follow the labels through the
+augmentation (`soft_crop`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeseg.data import RemappedDataset, label_lut
+from edgeseg.errors import EdgesegError
+from edgeseg.pipeline import fit_to_input, input_hw, normalize_and_pad, parse_size
+from edgeseg.registry import Preprocess
+from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
+
+TARGET_STRIDE = 4  # the teacher's output is 16x coarser than its input: 1/4 of the frame loses nothing
+MIN_PROBABILITY = 1e-6  # keeps log-probabilities finite in float16
+CACHE_NAME = "teacher.safetensors"
+
+
+def teacher_class_map(teacher: str, teacher_names: tuple[str, ...], names: tuple[str, ...],
+                      label_map: str) -> torch.Tensor:
+    """Returns, for each teacher class, the run class its probability adds to; raises one line if none fits."""
+    if teacher_names == names:
+        return torch.arange(len(names))
+    if label_map == "voc" and teacher_names == VOC_CLASSES:  # e.g. person vs rest: the rest sums into 0
+        return torch.from_numpy(label_lut("voc", names)[:len(VOC_CLASSES)].astype(np.int64))
+    raise EdgesegError(f"--teacher {teacher}: predicts {','.join(teacher_names)}, not the run's classes "
+                       f"({','.join(names)}), and these cannot be mapped onto them")
+
+
+def teacher_preprocess(preprocess: Preprocess, input_size: str) -> Preprocess:
+    """The teacher's own input handling, at `input_size` if given (N or HxW)."""
+    if not input_size:
+        return preprocess
+    try:
+        return dataclasses.replace(preprocess, input_size=parse_size(str(input_size)))
+    except EdgesegError as exc:
+        raise EdgesegError(f"--teacher-input-size: {exc}") from None
+
+
+@torch.inference_mode()
+def soft_labels(model: torch.nn.Module, preprocess: Preprocess, image: np.ndarray, class_map: torch.Tensor,
+                num_classes: int) -> torch.Tensor:
+    """Returns float16 (num_classes, ceil(H/stride), ceil(W/stride)) log-probabilities of the teacher for
+    the uint8 (H, W, 3) frame, run as deployed: fitted to its input, padded, logits cropped to the frame."""
+    height, width = image.shape[:2]
+    fitted = fit_to_input(image, preprocess.input_size, preprocess.upscale)
+    pixels = torch.from_numpy(normalize_and_pad(fitted, input_hw(preprocess.input_size), preprocess))
+    logits = model(pixels.permute(2, 0, 1)[None])[:, :, :fitted.shape[0], :fitted.shape[1]]
+    size = (math.ceil(height / TARGET_STRIDE), math.ceil(width / TARGET_STRIDE))
+    probs = F.interpolate(logits, size=size, mode="bilinear", align_corners=False, antialias=True).softmax(1)
+    merged = torch.zeros(1, num_classes, *size).index_add_(1, class_map, probs)
+    return merged.clamp_min(MIN_PROBABILITY).log()[0].half()
+
+
+def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, names: tuple[str, ...],
+                    label_map: str, cache: Path | None, *, progress: bool = False) -> list[torch.Tensor]:
+    """Returns the teacher's soft labels for every sample of `dataset`, from `cache` when it holds the
+    same teacher's (verified), else computed and written there atomically."""
+    from tqdm import tqdm
+
+    from edgeseg.zoo import _atomic_save_safetensors, init_entry, init_model, read_verified
+
+    entry = init_entry(teacher)
+    class_map = teacher_class_map(teacher, entry.class_names, names, label_map)
+    preprocess = teacher_preprocess(entry.preprocess, input_size)
+    key = {"teacher": str(teacher), "input": "x".join(map(str, input_hw(preprocess.input_size))),
+           "upscale": str(preprocess.upscale), "classes": ",".join(names),
+           "samples": str(len(dataset)), "stride": str(TARGET_STRIDE)}
+    if cache is not None and cache.is_file():
+        tensors, metadata = read_verified(cache)
+        if all(metadata.get(k) == v for k, v in key.items()) and len(tensors) == len(dataset):
+            return [tensors[str(i)] for i in range(len(dataset))]
+    model = init_model(teacher).eval()
+    targets = []
+    frames = tqdm(dataset.samples, desc="teacher", unit="img", disable=not progress, file=sys.stderr)
+    for sample in frames:
+        image, _ = dataset.load(sample)
+        targets.append(soft_labels(model, preprocess, image, class_map, len(names)))
+    if cache is not None:
+        _atomic_save_safetensors({str(i): t for i, t in enumerate(targets)}, cache, key)
+    return targets
+
+
+def soft_crop(log_probs: torch.Tensor, frame_hw: tuple[int, int], top: int, left: int, crop: int,
+              flip: bool) -> torch.Tensor:
+    """Returns float16 (C, crop, crop) soft labels of the crop window [top, left] of the frame scaled to
+    `frame_hw`, as `augment` cuts it (bilinear, half-pixel centres; 0 past the frame, where labels are 255)."""
+    height, width = frame_hw
+    rows, cols = min(crop, height - top), min(crop, width - left)
+    ys = (2 * (torch.arange(rows, dtype=torch.float32) + top + 0.5) / height) - 1
+    xs = (2 * (torch.arange(cols, dtype=torch.float32) + left + 0.5) / width) - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, rows, cols, (x, y))
+    window = F.grid_sample(log_probs.float()[None], grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)[0]
+    out = torch.zeros(log_probs.shape[0], crop, crop, dtype=torch.float16)
+    out[:, :rows, :cols] = window
+    return out.flip(-1) if flip else out
+
+
+def distillation_sum(logits: torch.Tensor, teacher_log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Returns KL(teacher || student) summed over the labelled pixels (those the cross-entropy counts)."""
+    teacher = teacher_log_probs.float().log_softmax(1)  # renormalized after the bilinear resampling
+    kl = (teacher.exp() * (teacher - logits.log_softmax(1))).sum(1)
+    return kl[labels != IGNORE_INDEX].sum()
