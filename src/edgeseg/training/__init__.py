@@ -1,8 +1,8 @@
 """Fine-tuning (`edgeseg train`): DeepLab's recipe on any VOCdevkit or images/ + masks/ dataset.
 
 One job per module: `config` (the typed TrainConfig), `data` (checks, augmentation, batch order),
-`batchnorm` (batch norm in for training, folded out for checkpoints), `loop` (the training loop),
-`distributed` (torchrun setup), `checkpoints` (run folder files), `validation` (sharded val, baseline),
+`batchnorm` (batch norm in for training, folded out for checkpoints), `distill` (a teacher's soft labels),
+`loop` (the training loop), `distributed` (torchrun setup), `checkpoints` (run folder files), `validation` (sharded val, baseline),
 `command` (the `edgeseg train` options). Nothing here imports the CLI.
 """
 
