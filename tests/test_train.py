@@ -392,16 +392,28 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_voc, tmp_path):
 
 def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(tiny_voc, tmp_path, capsys):
     from edgeseg.backends import open_model, open_runtime
+    from edgeseg.pipeline import fit_to_input
     from edgeseg.registry import Preprocess
-    from edgeseg.training.data import fit_pair
+    from edgeseg.training.data import draw_window, sample_rng
     from edgeseg.zoo import checkpoint_entry
 
-    # A VOC pair (at most 500 px) is enlarged to fit 641x641, the mask nearest-neighbour (no new labels).
+    # A VOC pair (at most 500 px) is enlarged to fit 641x641 before the random scale: the crop is (up to the
+    # rounding of one resize instead of two) the one cut from the pair enlarged first, mask nearest-neighbour.
     train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
-    image, mask = train.load(train.samples[0])
-    big_image, big_mask = fit_pair(image, mask, Preprocess(input_size=641, upscale=True))
-    assert max(big_image.shape[:2]) == 641 and big_image.shape[:2] == big_mask.shape
-    assert set(np.unique(big_mask)) <= set(np.unique(mask))
+    crops = TrainCrops(train, 129, 0, Preprocess(input_size=641, upscale=True))
+    agree, differ = [], []
+    for index, sample in enumerate(train.samples):
+        image, mask = train.load(sample)
+        big_image = fit_to_input(image, 641, upscale=True)
+        assert max(big_image.shape[:2]) == 641
+        big_mask = np.asarray(Image.fromarray(mask).resize(big_image.shape[1::-1], Image.NEAREST))
+        window = draw_window(sample_rng(0, 1, index), *big_mask.shape, 129)
+        want_pixels, want_labels = augment(big_image, big_mask, None, 129, window=window)
+        pixels, labels = crops[(1, index)]
+        assert set(np.unique(labels.numpy())) <= set(np.unique(mask)) | {255}
+        agree.append((labels.numpy() == want_labels).mean())
+        differ.append(np.abs(pixels.numpy().transpose(1, 2, 0) - want_pixels).mean())
+    assert np.mean(agree) > 0.97 and min(agree) > 0.9 and max(differ) < 0.04, (agree, differ)
 
     out = tmp_path / "up"
     assert _train(*_tiny_args(tiny_voc, out, "--epochs", 1, "--input-size", 641, "--upscale")) == 0

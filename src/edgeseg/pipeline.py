@@ -108,21 +108,25 @@ def _wide_grey_to_rgb(img: Image.Image) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def fitted_hw(height: int, width: int, input_size: Size, upscale: bool = False) -> tuple[int, int]:
+    """Returns the (height, width) `fit_to_input` gives a frame of that size."""
+    max_height, max_width = input_hw(input_size)
+    ratio = min(max_height / height, max_width / width)
+    if ratio >= 1 and not upscale:
+        return height, width
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
 def fit_to_input(pixels: np.ndarray, input_size: Size, upscale: bool = False) -> np.ndarray:
     """Returns the pixels unchanged if they fit the input, else resized (bilinear, aspect kept) to fit.
 
     For a square input this is DeepLab's rule: the longer side becomes input_size. With `upscale`, smaller
     pixels are enlarged to fit too (the largest size that fits, aspect kept).
     """
-    height, width = pixels.shape[:2]
-    max_height, max_width = input_hw(input_size)
-    ratio = min(max_height / height, max_width / width)
-    if ratio >= 1 and not upscale:
+    height, width = fitted_hw(*pixels.shape[:2], input_size, upscale)
+    if (height, width) == pixels.shape[:2]:
         return pixels
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    if size == (width, height):
-        return pixels
-    return np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(pixels).resize((width, height), Image.BILINEAR))
 
 
 def fit_for(pixels: np.ndarray, runtime: Runtime) -> np.ndarray:

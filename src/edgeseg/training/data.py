@@ -17,7 +17,7 @@ from PIL import Image
 from edgeseg.data import RemappedDataset
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import LabelRangeError, check_label_range
-from edgeseg.pipeline import DEEPLAB, fit_to_input, input_hw
+from edgeseg.pipeline import DEEPLAB, fitted_hw, input_hw
 from edgeseg.registry import Preprocess
 from edgeseg.voc import IGNORE_INDEX
 
@@ -73,15 +73,17 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None
 
     Random scale in SCALE_RANGE (bilinear image, nearest mask), pad bottom/right to at least the crop
     with the mean pixel (0 after scaling) and label 255, random crop, horizontal flip with p=0.5.
-    The window is drawn from `rng` unless given (`draw_window`).
+    The window is drawn from `rng` unless given (`draw_window`); a given window's frame size may differ
+    from the pair's (a frame fitted to the input, then scaled): the pair is resized to it.
     """
     win = window or draw_window(rng, *mask.shape, crop)
-    size = (win.width, win.height)
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    top, left = win.top, win.left
-    # Only the window is normalized: what lies past the frame is padding (the mean pixel, label 255).
-    image, mask = image[top:top + crop, left:left + crop], mask[top:top + crop, left:left + crop]
+    # Only the window is resized and normalized (the scaled frame can be 4x the pixels of the crop):
+    # what lies past the frame is padding (the mean pixel, label 255).
+    rows, cols = min(crop, win.height - win.top), min(crop, win.width - win.left)
+    sy, sx = mask.shape[0] / win.height, mask.shape[1] / win.width
+    box = (win.left * sx, win.top * sy, (win.left + cols) * sx, (win.top + rows) * sy)
+    image = np.asarray(Image.fromarray(image).resize((cols, rows), Image.BILINEAR, box=box))
+    mask = np.asarray(Image.fromarray(mask).resize((cols, rows), Image.NEAREST, box=box))
     pixels = np.full((crop, crop, 3), preprocess.pad_value, dtype=np.float32)
     pixels[:image.shape[0], :image.shape[1]] = image.astype(np.float32) * preprocess.scale + preprocess.offset
     labels = np.full((crop, crop), IGNORE_INDEX, dtype=np.uint8)
@@ -100,19 +102,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def fit_pair(image: np.ndarray, mask: np.ndarray, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
-    """Returns the pair resized as inference resizes the frame (`fit_to_input`), the mask nearest-neighbour."""
-    image = fit_to_input(image, preprocess.input_size, preprocess.upscale)
-    if image.shape[:2] != mask.shape:
-        mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
-    return image, mask
-
-
 class TrainCrops:
     """Map-style dataset indexed by (epoch, sample index): its augmentation depends on nothing else.
 
-    With another input size than DeepLab's 513, or `preprocess.upscale`, each pair is first fitted to the input
-    as the deployed model will see it (at 513, DeepLab trains on frames as they are).
+    With another input size than DeepLab's 513, or `preprocess.upscale`, the random scale applies to each frame
+    as fitted to the input, as the deployed model will see it (at 513, DeepLab trains on frames as they are);
+    both resizes are done in one, on the crop's window.
     """
 
     def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB,
@@ -128,9 +123,10 @@ class TrainCrops:
         """Returns (pixels (3, crop, crop), labels (crop, crop)), and the teacher's (C, crop, crop) if any."""
         epoch, index = key
         image, mask = self.dataset.load(self.dataset.samples[index])
+        frame_hw = mask.shape
         if self.preprocess.upscale or input_hw(self.preprocess.input_size) != input_hw(DEEPLAB.input_size):
-            image, mask = fit_pair(image, mask, self.preprocess)
-        window = draw_window(sample_rng(self.seed, epoch, index), *mask.shape, self.crop)
+            frame_hw = fitted_hw(*frame_hw, self.preprocess.input_size, self.preprocess.upscale)
+        window = draw_window(sample_rng(self.seed, epoch, index), *frame_hw, self.crop)
         pixels, labels = augment(image, mask, None, self.crop, window=window)
         sample = torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
         if self.teacher is None:
