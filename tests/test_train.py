@@ -581,15 +581,22 @@ def test_distillation_adds_the_teachers_kl_to_the_loss(tiny_voc, tmp_path, capsy
         assert (soft.argmax(0) == torch.from_numpy(small.astype(np.int64)))[keep].float().mean() > 0.85
 
 
-def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, tmp_path):
+def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    teacher = ("--teacher", "deeplabv3_mnv2_dm05_voc", "--epochs", 2)
+    teacher = ("--teacher", "deeplabv3_mnv2_dm05_voc", "--epochs", 3)
     assert _train(*_tiny_args(tiny_voc, straight, *teacher)) == 0
     assert _train(*_tiny_args(tiny_voc, resumed, *teacher, "--stop-after-epoch", 1)) == 0
     cache = resumed / "teacher.safetensors"
     written = cache.stat().st_mtime_ns
-    assert _train("--resume", resumed) == 0
+    assert _train("--resume", resumed, "--stop-after-epoch", 2) == 0
     assert cache.stat().st_mtime_ns == written  # read back, not recomputed
+    # A damaged cache is noticed and computed again.
+    data = bytearray(cache.read_bytes())
+    data[-100] ^= 0xFF
+    cache.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert _train("--resume", resumed) == 0
+    assert "damaged" in capsys.readouterr().err and cache.stat().st_mtime_ns != written
     a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -41,7 +41,7 @@ def tensors_digest(tensors: dict) -> str:
     return digest.hexdigest()
 
 
-def _atomic_save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_verified(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Writes the tensors atomically, with a digest of them in the metadata for `read_verified`."""
     from safetensors.torch import save_file
 
@@ -87,7 +87,7 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
             problem = str(exc)
         print(f"warning: rebuilding the weights cache: {problem}", file=sys.stderr)
     state = state_dict_from_tflite(resolve_weights(entry.weights), get_family(entry.family).tf_backbone_scope)
-    _atomic_save_safetensors(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
+    save_verified(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
     return state
 
 
@@ -185,7 +185,7 @@ def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) 
     # How frames reach the model; checkpoints written before these keys run at the base entry's.
     metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
     metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
-    _atomic_save_safetensors(model.state_dict(), Path(path), metadata)
+    save_verified(model.state_dict(), Path(path), metadata)
 
 
 def checkpoint_entry(path: str | Path) -> ModelEntry:

@@ -72,7 +72,7 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
     same teacher's (verified), else computed and written there atomically."""
     from tqdm import tqdm
 
-    from edgeseg.zoo import _atomic_save_safetensors, init_entry, init_model, read_verified
+    from edgeseg.zoo import init_entry, init_model, read_verified, save_verified
 
     entry = init_entry(teacher)
     class_map = teacher_class_map(teacher, entry.class_names, names, label_map)
@@ -81,9 +81,14 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
            "upscale": str(preprocess.upscale), "classes": ",".join(names),
            "samples": str(len(dataset)), "stride": str(TARGET_STRIDE)}
     if cache is not None and cache.is_file():
-        tensors, metadata = read_verified(cache)
-        if all(metadata.get(k) == v for k, v in key.items()) and len(tensors) == len(dataset):
-            return [tensors[str(i)] for i in range(len(dataset))]
+        try:
+            tensors, metadata = read_verified(cache)
+        except EdgesegError as exc:  # damaged: computed again below
+            print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
+            tensors, metadata = {}, {}
+        samples = [str(i) for i in range(len(dataset))]
+        if all(metadata.get(k) == v for k, v in key.items()) and sorted(tensors) == sorted(samples):
+            return [tensors[sample] for sample in samples]
     model = init_model(teacher).eval()
     targets = []
     frames = tqdm(dataset.samples, desc="teacher", unit="img", disable=not progress, file=sys.stderr)
@@ -91,7 +96,7 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
         image, _ = dataset.load(sample)
         targets.append(soft_labels(model, preprocess, image, class_map, len(names)))
     if cache is not None:
-        _atomic_save_safetensors({str(i): t for i, t in enumerate(targets)}, cache, key)
+        save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
     return targets
 
 
