@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +37,9 @@ def main() -> None:
     loss_ax.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], color="tab:blue", marker="o",
                  ms=3, label="train loss, epoch mean")
     loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("cross-entropy")
+    config = args.run / "config.json"
+    distilled = config.is_file() and json.loads(config.read_text()).get("teacher")
+    loss_ax.set_ylabel("cross-entropy + KL to teacher" if distilled else "cross-entropy")
     loss_ax.set_ylim(0, min(3.0, max(r["loss"] for r in steps)))
     miou_ax = loss_ax.twinx()
     miou_ax.plot([r["epoch"] for r in epochs], [r["val_miou"] for r in epochs], color="tab:red", marker="s", ms=3,
