@@ -19,6 +19,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.metrics import LabelRangeError, check_label_range
 from edgeseg.pipeline import DEEPLAB, fitted_hw, input_hw
 from edgeseg.registry import Preprocess
+from edgeseg.training.distill import soft_crop
 from edgeseg.voc import IGNORE_INDEX
 
 SCALE_RANGE = (0.5, 2.0)
@@ -131,8 +132,6 @@ class TrainCrops:
         sample = torch.from_numpy(pixels.transpose(2, 0, 1).copy()), torch.from_numpy(labels.astype(np.int64))
         if self.teacher is None:
             return sample
-        from edgeseg.training.distill import soft_crop
-
         soft = soft_crop(self.teacher[index], (window.height, window.width), window.top, window.left,
                          self.crop, window.flip)
         return (*sample, soft)
