@@ -516,28 +516,35 @@ class _MaskTeacher(torch.nn.Module):
         super().__init__()
         padded = np.zeros(input_hw, dtype=np.int64)
         padded[:mask.shape[0], :mask.shape[1]] = np.where(mask == 255, 0, mask)
-        self.logits = 10 * F.one_hot(torch.from_numpy(padded), 2).permute(2, 0, 1)[None].float()
+        self.logits = torch.nn.Parameter(10 * F.one_hot(torch.from_numpy(padded), 2).permute(2, 0, 1)[None].float())
 
     def forward(self, x):
         assert x.shape[-2:] == self.logits.shape[-2:]
         return self.logits
 
 
-def test_teacher_soft_labels_follow_the_augmentation(tiny_voc):
-    # Soft labels computed from the frame (at 1/4 of its size) and cut with the crop's window, scale and
-    # flip agree with the crop's labels away from edges; mirrored, they do not.
-    from edgeseg.pipeline import DEEPLAB
+@pytest.mark.parametrize("input_size, upscale", [(513, False), (641, True)])
+def test_teacher_soft_labels_follow_the_augmentation(tiny_voc, input_size, upscale):
+    # Soft labels computed from the frame as the teacher sees it (enlarged to 641 with upscale), kept at 1/4
+    # of the frame and cut with the crop's window, scale and flip agree with the crop's labels away from
+    # edges; mirrored, they do not.
+    from edgeseg.pipeline import fitted_hw
+    from edgeseg.registry import Preprocess
     from edgeseg.training.distill import soft_labels
 
+    preprocess = Preprocess(input_size=input_size, upscale=upscale)
     train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
     maps = []
     for sample in train.samples:
         image, mask = train.load(sample)
-        maps.append(soft_labels(_MaskTeacher(mask, (513, 513)), DEEPLAB, image, torch.arange(2), 2))
+        seen = np.asarray(Image.fromarray(mask).resize(fitted_hw(*mask.shape, input_size, upscale)[::-1],
+                                                      Image.NEAREST))
+        teacher = _MaskTeacher(seen, (input_size, input_size))
+        maps.append(soft_labels(teacher, preprocess, image, torch.arange(2), 2))
         assert maps[-1].dtype == torch.float16 and maps[-1].shape == (2, -(-mask.shape[0] // 4), -(-mask.shape[1] // 4))
         assert torch.allclose(maps[-1].float().exp().sum(0), torch.ones(1), atol=1e-2)
-    crops = TrainCrops(train, 129, seed=0, teacher=maps)
-    plain = TrainCrops(train, 129, seed=0)
+    crops = TrainCrops(train, 129, 0, preprocess, teacher=maps)
+    plain = TrainCrops(train, 129, 0, preprocess)
     agree, mirrored = [], []
     for key in [(epoch, i) for epoch in (1, 2) for i in range(8)]:
         pixels, labels, soft = crops[key]
@@ -594,9 +601,11 @@ def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, t
     data = bytearray(cache.read_bytes())
     data[-100] ^= 0xFF
     cache.write_bytes(bytes(data))
+    damaged = cache.stat().st_mtime_ns
     capsys.readouterr()
     assert _train("--resume", resumed) == 0
-    assert "damaged" in capsys.readouterr().err and cache.stat().st_mtime_ns != written
+    assert "damaged" in capsys.readouterr().err and cache.stat().st_mtime_ns != damaged
+    read_verified(cache)  # whole again
     a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -609,6 +618,7 @@ def test_bad_teachers_are_one_line_errors(tiny_voc, tmp_path, capsys):
         (("--teacher-input-size", "721x961"), "--teacher-input-size needs --teacher"),
         (("--teacher", "deeplabv3_mnv2_dm05_voc", "--teacher-input-size", "9"), "--teacher-input-size: "),
         (("--teacher", "deeplabv3_mnv2_dm05_voc", "--distill-weight", 0), "--distill-weight must be more than 0"),
+        (("--distill-weight", 2), "--distill-weight needs --teacher"),
     ]
     for extra, message in cases:
         capsys.readouterr()

@@ -147,7 +147,7 @@ def init_entry(init: str | Path) -> ModelEntry:
 
 def zoo_base(init: str | Path) -> str:
     """The zoo entry under `init`: itself, or the one a checkpoint was fine-tuned from (at any depth)."""
-    return _checkpoint_metadata(Path(init))["edgeseg_base"] if is_checkpoint(init) else str(init)
+    return checkpoint_metadata(Path(init))["edgeseg_base"] if is_checkpoint(init) else str(init)
 
 
 def init_model(init: str | Path, class_names: tuple[str, ...] | None = None):
@@ -191,7 +191,7 @@ def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) 
 def checkpoint_entry(path: str | Path) -> ModelEntry:
     """Returns the entry a checkpoint was trained from, renamed and with the checkpoint's classes."""
     path = Path(path)
-    metadata = _checkpoint_metadata(path)
+    metadata = checkpoint_metadata(path)
     base = get_entry(metadata["edgeseg_base"])
     classes = tuple(json.loads(metadata["class_names"]))
     preprocess = base.preprocess
@@ -206,7 +206,7 @@ def checkpoint_entry(path: str | Path) -> ModelEntry:
                    dataset=f"fine-tuned from {base.name} to {', '.join(classes)}", per_tensor_activations="mse")
 
 
-def _checkpoint_metadata(path: Path) -> dict[str, str]:
+def checkpoint_metadata(path: Path) -> dict[str, str]:
     """The safetensors metadata of an edgeseg checkpoint, or a one-line error."""
     from safetensors import safe_open
 

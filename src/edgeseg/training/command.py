@@ -28,7 +28,7 @@ on logits upsampled to the crop, label 255 ignored. Validation mIoU after each e
 
 Run folder: config.json, log.jsonl, last.safetensors, best.safetensors (best val mIoU; loads with
 `--weights` like any zoo model), state.pt (model, optimizer, scheduler, step, RNG; `--resume RUNDIR`
-continues exactly as if the run had not stopped).
+continues exactly as if the run had not stopped), teacher.safetensors (with --teacher: its soft labels).
 """
 
 

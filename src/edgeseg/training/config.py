@@ -122,7 +122,7 @@ def _normalized(key: str, value: object, init: str) -> object:
         return str(Path(str(value)).resolve())
     if key == "classes":
         return ",".join(resolve_classes(str(value), init))
-    if key == "input_size":
+    if key == "input_size" or (key == "teacher_input_size" and value):
         return parse_size(str(value))
     return value
 
@@ -174,18 +174,10 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
         raise EdgesegError(f"{data}: no such folder")
     config = TrainConfig(**{**given, "data": str(data.resolve()), "classes": ""})
     _inherit_input_handling(config, given)
-    if config.teacher:
-        from edgeseg.zoo import init_entry, is_checkpoint
-
-        if is_checkpoint(config.teacher):  # a resume from another folder still finds it
-            config.teacher = str(Path(config.teacher).resolve())
-        try:  # a missing or unknown teacher fails now, not after the data checks
-            init_entry(config.teacher)
-        except EdgesegError as exc:
-            raise EdgesegError(f"--teacher: {exc}") from None
     names = resolve_classes(given.get("classes"), config.init)
     config.classes = ",".join(names)
     config.label_map = resolve_label_map(config.label_map, names, data)
+    _check_teacher(config, given)
     if config.lr is None:
         config.lr = LR_BN_FROZEN if config.bn_frozen(world) else LR_BN_TRAIN
     check_config(config)
@@ -196,6 +188,24 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     default = Path("runs", f"{_init_label(config.init)}-{time.strftime('%Y%m%d-%H%M%S')}")
     config.out = str((Path(out) if out is not None else default).resolve())
     return config
+
+
+def _check_teacher(config: TrainConfig, given: dict) -> None:
+    """A missing teacher, or one whose classes do not map onto the run's, fails now, not after the data checks."""
+    from edgeseg.training.distill import teacher_class_map
+    from edgeseg.zoo import init_entry, is_checkpoint
+
+    if not config.teacher:
+        if "distill_weight" in given:
+            raise EdgesegError("--distill-weight needs --teacher")
+        return
+    if is_checkpoint(config.teacher):  # a resume from another folder still finds it
+        config.teacher = str(Path(config.teacher).resolve())
+    try:
+        entry = init_entry(config.teacher)
+    except EdgesegError as exc:
+        raise EdgesegError(f"--teacher: {exc}") from None
+    teacher_class_map(config.teacher, entry.class_names, config.class_names, config.label_map)
 
 
 def _inherit_input_handling(config: TrainConfig, given: dict) -> None:

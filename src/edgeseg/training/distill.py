@@ -11,6 +11,7 @@ augmentation (`soft_crop`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
 TARGET_STRIDE = 4  # the teacher's output is 16x coarser than its input: 1/4 of the frame loses nothing
 MIN_PROBABILITY = 1e-6  # keeps log-probabilities finite in float16
 CACHE_NAME = "teacher.safetensors"
+CACHE_FORMAT = "1"  # bump when soft labels are computed differently: older caches are then computed again
 
 
 def teacher_class_map(teacher: str, teacher_names: tuple[str, ...], names: tuple[str, ...],
@@ -57,44 +59,63 @@ def soft_labels(model: torch.nn.Module, preprocess: Preprocess, image: np.ndarra
     """Returns float16 (num_classes, ceil(H/stride), ceil(W/stride)) log-probabilities of the teacher for
     the uint8 (H, W, 3) frame, run as deployed: fitted to its input, padded, logits cropped to the frame."""
     height, width = image.shape[:2]
+    device = next(model.parameters()).device
     fitted = fit_to_input(image, preprocess.input_size, preprocess.upscale)
     pixels = torch.from_numpy(normalize_and_pad(fitted, input_hw(preprocess.input_size), preprocess))
-    logits = model(pixels.permute(2, 0, 1)[None])[:, :, :fitted.shape[0], :fitted.shape[1]]
+    logits = model(pixels.permute(2, 0, 1)[None].to(device))[:, :, :fitted.shape[0], :fitted.shape[1]]
     size = (math.ceil(height / TARGET_STRIDE), math.ceil(width / TARGET_STRIDE))
     probs = F.interpolate(logits, size=size, mode="bilinear", align_corners=False, antialias=True).softmax(1)
-    merged = torch.zeros(1, num_classes, *size).index_add_(1, class_map, probs)
-    return merged.clamp_min(MIN_PROBABILITY).log()[0].half()
+    merged = torch.zeros(1, num_classes, *size, device=device).index_add_(1, class_map.to(device), probs)
+    return merged.clamp_min(MIN_PROBABILITY).log()[0].half().cpu()
+
+
+def cache_key(teacher: str, weights: str, preprocess: Preprocess, dataset: RemappedDataset,
+              names: tuple[str, ...]) -> dict[str, str]:
+    """What the cached soft labels depend on: the teacher and its weights, its input, the classes, the frames."""
+    frames = hashlib.sha256("\n".join(str(s.image_path) for s in dataset.samples).encode()).hexdigest()
+    return {"format": CACHE_FORMAT, "teacher": str(teacher), "weights": weights,
+            "input": "x".join(map(str, input_hw(preprocess.input_size))), "upscale": str(preprocess.upscale),
+            "classes": ",".join(names), "frames": frames, "count": str(len(dataset)), "stride": str(TARGET_STRIDE)}
+
+
+def _cached(cache: Path, key: dict[str, str]) -> list[torch.Tensor] | None:
+    """The soft labels in `cache` if it holds them for `key` (digest checked), else None."""
+    from edgeseg.zoo import read_verified
+
+    if not cache.is_file():
+        return None
+    try:
+        tensors, metadata = read_verified(cache)
+    except EdgesegError as exc:  # damaged: the caller computes them again
+        print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
+        return None
+    samples = [str(i) for i in range(int(key["count"]))]
+    if any(metadata.get(k) != v for k, v in key.items()) or sorted(tensors) != sorted(samples):
+        return None
+    return [tensors[sample] for sample in samples]
 
 
 def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, names: tuple[str, ...],
-                    label_map: str, cache: Path | None, *, progress: bool = False) -> list[torch.Tensor]:
+                    label_map: str, cache: Path | None, *, device: str = "cpu",
+                    progress: bool = False) -> list[torch.Tensor]:
     """Returns the teacher's soft labels for every sample of `dataset`, from `cache` when it holds the
-    same teacher's (verified), else computed and written there atomically."""
+    same teacher's for the same frames (verified), else computed (on `device`) and written there atomically."""
     from tqdm import tqdm
 
-    from edgeseg.zoo import init_entry, init_model, read_verified, save_verified
+    from edgeseg.zoo import DIGEST_KEY, checkpoint_metadata, init_entry, init_model, is_checkpoint, save_verified
 
     entry = init_entry(teacher)
     class_map = teacher_class_map(teacher, entry.class_names, names, label_map)
     preprocess = teacher_preprocess(entry.preprocess, input_size)
-    key = {"teacher": str(teacher), "input": "x".join(map(str, input_hw(preprocess.input_size))),
-           "upscale": str(preprocess.upscale), "classes": ",".join(names),
-           "samples": str(len(dataset)), "stride": str(TARGET_STRIDE)}
-    if cache is not None and cache.is_file():
-        try:
-            tensors, metadata = read_verified(cache)
-        except EdgesegError as exc:  # damaged: computed again below
-            print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
-            tensors, metadata = {}, {}
-        samples = [str(i) for i in range(len(dataset))]
-        if all(metadata.get(k) == v for k, v in key.items()) and sorted(tensors) == sorted(samples):
-            return [tensors[sample] for sample in samples]
-    model = init_model(teacher).eval()
-    targets = []
+    weights = checkpoint_metadata(Path(teacher)).get(DIGEST_KEY, "") if is_checkpoint(teacher) \
+        else entry.weights.sha256
+    key = cache_key(teacher, weights, preprocess, dataset, names)
+    targets = _cached(cache, key) if cache is not None else None
+    if targets is not None:
+        return targets
+    model = init_model(teacher).eval().to(device)
     frames = tqdm(dataset.samples, desc="teacher", unit="img", disable=not progress, file=sys.stderr)
-    for sample in frames:
-        image, _ = dataset.load(sample)
-        targets.append(soft_labels(model, preprocess, image, class_map, len(names)))
+    targets = [soft_labels(model, preprocess, dataset.load(sample)[0], class_map, len(names)) for sample in frames]
     if cache is not None:
         save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
     return targets
@@ -109,10 +130,10 @@ def soft_crop(log_probs: torch.Tensor, frame_hw: tuple[int, int], top: int, left
     ys = (2 * (torch.arange(rows, dtype=torch.float32) + top + 0.5) / height) - 1
     xs = (2 * (torch.arange(cols, dtype=torch.float32) + left + 0.5) / width) - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, rows, cols, (x, y))
-    window = F.grid_sample(log_probs.float()[None], grid, mode="bilinear", padding_mode="border",
-                           align_corners=False)[0]
+    sampled = F.grid_sample(log_probs.float()[None], grid, mode="bilinear", padding_mode="border",
+                            align_corners=False)[0]
     out = torch.zeros(log_probs.shape[0], crop, crop, dtype=torch.float16)
-    out[:, :rows, :cols] = window
+    out[:, :rows, :cols] = sampled
     return out.flip(-1) if flip else out
 
 

@@ -44,7 +44,7 @@ from edgeseg.training.data import (
     median_frequency_weights,
     validate_dataset,
 )
-from edgeseg.training.distill import CACHE_NAME, distillation_sum, teacher_class_map, teacher_targets
+from edgeseg.training.distill import CACHE_NAME, distillation_sum, teacher_targets
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
@@ -150,8 +150,6 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):
         raise EdgesegError(f"--baseline: {config.init} predicts neither VOC's classes nor --classes, so its "
                            "predictions cannot be scored on these labels")
-    if config.teacher:
-        teacher_class_map(config.teacher, init_entry(config.teacher).class_names, names, config.label_map)
     if dist.is_main:
         ensure_writable_dir(out)
     dist.barrier()
@@ -172,13 +170,14 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
 
 def _teacher(config: TrainConfig, train_set: RemappedDataset, out: Path, dist: Dist,
              show: bool) -> list[torch.Tensor] | None:
-    """The teacher's soft labels: computed once by rank 0 into the run folder, then read by every rank."""
+    """The teacher's soft labels: computed once by rank 0 (on its device) into the run folder, then read by
+    every rank. The other ranks wait at a barrier meanwhile (gloo's default timeout is 30 minutes)."""
     if not config.teacher:
         return None
     cache = out / CACHE_NAME
     args = (config.teacher, config.teacher_input_size, train_set, config.class_names, config.label_map)
     if dist.is_main:
-        targets = teacher_targets(*args, cache, progress=show)
+        targets = teacher_targets(*args, cache, device=dist.device, progress=show)
     dist.barrier()
     return targets if dist.is_main else teacher_targets(*args, cache)
 
@@ -291,7 +290,8 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
         logits = model(pixels)
         loss_sum = F.cross_entropy(logits, labels, weight=weights, ignore_index=IGNORE_INDEX, reduction="sum")
         if soft:
-            loss_sum = loss_sum + config.distill_weight * distillation_sum(logits, soft[0].to(device), labels)
+            teacher = soft[0].to(device, non_blocking=True)
+            loss_sum = loss_sum + config.distill_weight * distillation_sum(logits, teacher, labels)
         loss = loss_sum * (dist.world / max(labelled, 1.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
