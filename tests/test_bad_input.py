@@ -157,11 +157,11 @@ def checkpoint_bytes(tmp_path_factory) -> bytes:
     """A valid fine-tuned checkpoint (the pretrained dm 0.5 weights with checkpoint metadata)."""
     from edgeseg.registry import get_entry
     from edgeseg.voc import VOC_CLASSES
-    from edgeseg.zoo import _atomic_save_safetensors, pretrained_state_dict
+    from edgeseg.zoo import pretrained_state_dict, save_verified
 
     state = pretrained_state_dict(get_entry("deeplabv3_mnv2_dm05_voc"))
     path = tmp_path_factory.mktemp("checkpoint") / "good.safetensors"
-    _atomic_save_safetensors(state, path, {"edgeseg_base": "deeplabv3_mnv2_dm05_voc",
+    save_verified(state, path, {"edgeseg_base": "deeplabv3_mnv2_dm05_voc",
                                            "class_names": json.dumps(list(VOC_CLASSES))})
     return path.read_bytes()
 
