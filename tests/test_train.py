@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from edgeseg.cli import main as cli_main
 from edgeseg.data import RemappedDataset, label_lut, load_mask, open_dataset, resolve_label_map
+from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate
 from edgeseg.models import deeplabv3_mobilenet_v2
 from edgeseg.runtimes.torch import TorchRuntime
@@ -609,6 +610,32 @@ def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, t
     read_verified(cache)  # whole again
     a, b = load_file(straight / "last.safetensors"), load_file(resumed / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_soft_labels_are_read_frame_by_frame_in_any_process(tmp_path):
+    # The cache is memory-mapped and read per frame, also in loader workers (which get a pickled copy).
+    import pickle
+
+    from edgeseg.training.distill import SoftLabels
+    from edgeseg.zoo import save_verified
+
+    frames = {str(i): torch.randn(2, 3, 4 + i).half() for i in range(3)}
+    path = tmp_path / "teacher.safetensors"
+    save_verified(frames, path, {"count": "3"})
+    soft = SoftLabels(path, 3)
+    assert len(soft) == 3 and torch.equal(soft[1], frames["1"])
+    assert torch.equal(pickle.loads(pickle.dumps(soft))[2], frames["2"])
+    loader = torch.utils.data.DataLoader(soft, batch_size=None, num_workers=1)
+    assert all(torch.equal(read, frames[str(i)]) for i, read in enumerate(loader))
+    with pytest.raises(IndexError):
+        soft[3]
+    # Checked without loading: a flipped byte is still found.
+    assert read_verified(path, load=False) == ({}, read_verified(path)[1])
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EdgesegError, match="damaged"):
+        read_verified(path, load=False)
 
 
 def test_bad_teachers_are_one_line_errors(tiny_voc, tmp_path, capsys):

@@ -27,15 +27,16 @@ def official_tflite(name: str) -> Path:
 DIGEST_KEY = "edgeseg_tensors_sha256"  # safetensors metadata: a hash of every tensor, written with them
 
 
-def tensors_digest(tensors: dict) -> str:
-    """Returns the sha256 of every tensor's name, dtype, shape and bytes, in name order."""
+def tensors_digest(tensors) -> str:
+    """Returns the sha256 of every tensor's name, dtype, shape and bytes, in name order. `tensors` is a dict,
+    or an open safetensors file (then read one tensor at a time)."""
     import hashlib
 
     import torch
 
     digest = hashlib.sha256()
-    for name in sorted(tensors):
-        value = tensors[name].detach().cpu().contiguous()
+    for name in sorted(tensors.keys()):
+        value = (tensors[name] if isinstance(tensors, dict) else tensors.get_tensor(name)).detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -50,18 +51,20 @@ def save_verified(tensors: dict, path: Path, metadata: dict[str, str] | None = N
         save_file(tensors, str(tmp), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})
 
 
-def read_verified(path: Path) -> tuple[dict, dict[str, str]]:
+def read_verified(path: Path, *, load: bool = True) -> tuple[dict, dict[str, str]]:
     """Returns (tensors, metadata) of a safetensors file, or raises a one-line error naming the file
-    if it cannot be read or its tensors do not match the digest written with them."""
+    if it cannot be read or its tensors do not match the digest written with them. With `load=False` the
+    file is checked one tensor at a time and `tensors` is empty (for files larger than memory)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tensors = {key: f.get_tensor(key) for key in f.keys()} if load else {}
+            digest = tensors_digest(tensors if load else f) if DIGEST_KEY in metadata else None
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged or foreign file
         raise EdgesegError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    if DIGEST_KEY in metadata and tensors_digest(tensors) != metadata[DIGEST_KEY]:
+    if digest is not None and digest != metadata[DIGEST_KEY]:
         raise EdgesegError(f"{path}: damaged (its tensors do not match the digest written with them)")
     return tensors, metadata
 

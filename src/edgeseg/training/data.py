@@ -7,7 +7,7 @@ an interrupted run resumed from its state continues exactly, and loader worker p
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +112,7 @@ class TrainCrops:
     """
 
     def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB,
-                 teacher: list[torch.Tensor] | None = None) -> None:
+                 teacher: Sequence[torch.Tensor] | None = None) -> None:
         """`teacher`: soft labels per sample (`distill.teacher_targets`), cropped like the labels if given."""
         self.dataset, self.crop, self.seed, self.preprocess = dataset, crop, seed, preprocess
         self.teacher = teacher

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -78,28 +79,56 @@ def cache_key(teacher: str, weights: str, preprocess: Preprocess, dataset: Remap
             "classes": ",".join(names), "frames": frames, "count": str(len(dataset)), "stride": str(TARGET_STRIDE)}
 
 
-def _cached(cache: Path, key: dict[str, str]) -> list[torch.Tensor] | None:
-    """The soft labels in `cache` if it holds them for `key` (digest checked), else None."""
+class SoftLabels:
+    """The cached soft labels, read frame by frame from the memory-mapped file: no process (rank or loader
+    worker) holds them all, and processes share the pages. Picklable: each process opens its own handle."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path, self.count = Path(path), count
+        self._file, self._pid = None, None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        if self._pid != os.getpid():  # a forked loader worker must not share its parent's handle
+            self._file, self._pid = safe_open(str(self.path), framework="pt"), os.getpid()
+        return self._file.get_tensor(str(index))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+
+def _cached(cache: Path, key: dict[str, str]) -> SoftLabels | None:
+    """The soft labels in `cache` if it holds them for `key` (its digest checked, one frame at a time)."""
+    from safetensors import safe_open
+
     from edgeseg.zoo import read_verified
 
     if not cache.is_file():
         return None
     try:
-        tensors, metadata = read_verified(cache)
+        _, metadata = read_verified(cache, load=False)
     except EdgesegError as exc:  # damaged: the caller computes them again
         print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
         return None
-    samples = [str(i) for i in range(int(key["count"]))]
-    if any(metadata.get(k) != v for k, v in key.items()) or sorted(tensors) != sorted(samples):
+    with safe_open(str(cache), framework="pt") as f:
+        frames = sorted(f.keys())
+    if any(metadata.get(k) != v for k, v in key.items()) or frames != sorted(map(str, range(int(key["count"])))):
         return None
-    return [tensors[sample] for sample in samples]
+    return SoftLabels(cache, int(key["count"]))
 
 
 def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, names: tuple[str, ...],
                     label_map: str, cache: Path | None, *, device: str = "cpu",
-                    progress: bool = False) -> list[torch.Tensor]:
+                    progress: bool = False) -> SoftLabels | list[torch.Tensor]:
     """Returns the teacher's soft labels for every sample of `dataset`, from `cache` when it holds the
-    same teacher's for the same frames (verified), else computed (on `device`) and written there atomically."""
+    same teacher's for the same frames (verified), else computed (on `device`) and written there atomically.
+    With a cache they are read from it per frame (`SoftLabels`); without one, a list in memory."""
     from tqdm import tqdm
 
     from edgeseg.zoo import DIGEST_KEY, checkpoint_metadata, init_entry, init_model, is_checkpoint, save_verified
@@ -110,15 +139,16 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
     weights = checkpoint_metadata(Path(teacher)).get(DIGEST_KEY, "") if is_checkpoint(teacher) \
         else entry.weights.sha256
     key = cache_key(teacher, weights, preprocess, dataset, names)
-    targets = _cached(cache, key) if cache is not None else None
-    if targets is not None:
-        return targets
+    cached = _cached(cache, key) if cache is not None else None
+    if cached is not None:
+        return cached
     model = init_model(teacher).eval().to(device)
     frames = tqdm(dataset.samples, desc="teacher", unit="img", disable=not progress, file=sys.stderr)
     targets = [soft_labels(model, preprocess, dataset.load(sample)[0], class_map, len(names)) for sample in frames]
-    if cache is not None:
-        save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
-    return targets
+    if cache is None:
+        return targets
+    save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
+    return SoftLabels(cache, len(targets))
 
 
 def soft_crop(log_probs: torch.Tensor, frame_hw: tuple[int, int], top: int, left: int, crop: int,

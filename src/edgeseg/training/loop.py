@@ -44,7 +44,7 @@ from edgeseg.training.data import (
     median_frequency_weights,
     validate_dataset,
 )
-from edgeseg.training.distill import CACHE_NAME, distillation_sum, teacher_targets
+from edgeseg.training.distill import CACHE_NAME, SoftLabels, distillation_sum, teacher_targets
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
 from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
@@ -79,7 +79,7 @@ class Run:
     base: str  # the zoo entry under the init model, recorded in checkpoints
     start: str  # the weights the model is built from: the init, or on resume the run's own last checkpoint
     loss_weights: torch.Tensor | None = None
-    teacher: list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
+    teacher: SoftLabels | list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -169,7 +169,7 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
 
 
 def _teacher(config: TrainConfig, train_set: RemappedDataset, out: Path, dist: Dist,
-             show: bool) -> list[torch.Tensor] | None:
+             show: bool) -> SoftLabels | list[torch.Tensor] | None:
     """The teacher's soft labels: computed once by rank 0 (on its device) into the run folder, then read by
     every rank. The other ranks wait at a barrier meanwhile (gloo's default timeout is 30 minutes)."""
     if not config.teacher:
