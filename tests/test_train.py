@@ -615,27 +615,34 @@ def test_a_distilled_run_resumes_exactly_from_its_cached_soft_labels(tiny_voc, t
 def test_cached_soft_labels_are_read_frame_by_frame_in_any_process(tmp_path):
     # The cache is memory-mapped and read per frame, also in loader workers (which get a pickled copy).
     import pickle
+    import shutil
 
     from edgeseg.training.distill import SoftLabels
     from edgeseg.zoo import save_verified
 
     frames = {str(i): torch.randn(2, 3, 4 + i).half() for i in range(3)}
     path = tmp_path / "teacher.safetensors"
-    save_verified(frames, path, {"count": "3"})
-    soft = SoftLabels(path, 3)
+    soft = SoftLabels(path, 3, save_verified(frames, path, {"count": "3"})).open()
     assert len(soft) == 3 and torch.equal(soft[1], frames["1"])
     assert torch.equal(pickle.loads(pickle.dumps(soft))[2], frames["2"])
-    loader = torch.utils.data.DataLoader(soft, batch_size=None, num_workers=1)
-    assert all(torch.equal(read, frames[str(i)]) for i, read in enumerate(loader))
+    for context in ("fork", "spawn"):
+        loader = torch.utils.data.DataLoader(soft, batch_size=None, num_workers=1, multiprocessing_context=context)
+        assert all(torch.equal(read, frames[str(i)]) for i, read in enumerate(loader))
     with pytest.raises(IndexError):
         soft[3]
+    # A process opening the file after it was replaced (another run writing there) refuses it.
+    save_verified({k: v + 1 for k, v in frames.items()}, path, {"count": "3"})
+    with pytest.raises(EdgesegError, match="changed since it was verified"):
+        pickle.loads(pickle.dumps(soft))[0]
     # Checked without loading: a flipped byte is still found.
-    assert read_verified(path, load=False) == ({}, read_verified(path)[1])
-    data = bytearray(path.read_bytes())
+    damaged = tmp_path / "damaged.safetensors"
+    shutil.copy(path, damaged)
+    assert read_verified(damaged, load=False) == ({}, read_verified(damaged)[1])
+    data = bytearray(damaged.read_bytes())
     data[-3] ^= 0xFF
-    path.write_bytes(bytes(data))
+    damaged.write_bytes(bytes(data))
     with pytest.raises(EdgesegError, match="damaged"):
-        read_verified(path, load=False)
+        read_verified(damaged, load=False)
 
 
 def test_bad_teachers_are_one_line_errors(tiny_voc, tmp_path, capsys):

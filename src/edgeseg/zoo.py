@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path
@@ -27,7 +28,7 @@ def official_tflite(name: str) -> Path:
 DIGEST_KEY = "edgeseg_tensors_sha256"  # safetensors metadata: a hash of every tensor, written with them
 
 
-def tensors_digest(tensors) -> str:
+def tensors_digest(tensors: Any) -> str:
     """Returns the sha256 of every tensor's name, dtype, shape and bytes, in name order. `tensors` is a dict,
     or an open safetensors file (then read one tensor at a time)."""
     import hashlib
@@ -36,19 +37,22 @@ def tensors_digest(tensors) -> str:
 
     digest = hashlib.sha256()
     for name in sorted(tensors.keys()):
-        value = (tensors[name] if isinstance(tensors, dict) else tensors.get_tensor(name)).detach().cpu().contiguous()
+        value = tensors.get_tensor(name) if hasattr(tensors, "get_tensor") else tensors[name]
+        value = value.detach().cpu().contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def save_verified(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Writes the tensors atomically, with a digest of them in the metadata for `read_verified`."""
+def save_verified(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Writes the tensors atomically, with a digest of them in the metadata for `read_verified`; returns it."""
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    digest = tensors_digest(tensors)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})
+        save_file(tensors, str(tmp), metadata={**(metadata or {}), DIGEST_KEY: digest})
+    return digest
 
 
 def read_verified(path: Path, *, load: bool = True) -> tuple[dict, dict[str, str]]:

@@ -7,7 +7,7 @@ an interrupted run resumed from its state continues exactly, and loader worker p
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.metrics import LabelRangeError, check_label_range
 from edgeseg.pipeline import DEEPLAB, fitted_hw, input_hw
 from edgeseg.registry import Preprocess
-from edgeseg.training.distill import soft_crop
+from edgeseg.training.distill import SoftLabels, soft_crop
 from edgeseg.voc import IGNORE_INDEX
 
 SCALE_RANGE = (0.5, 2.0)
@@ -112,7 +112,7 @@ class TrainCrops:
     """
 
     def __init__(self, dataset: RemappedDataset, crop: int, seed: int, preprocess: Preprocess = DEEPLAB,
-                 teacher: Sequence[torch.Tensor] | None = None) -> None:
+                 teacher: SoftLabels | list[torch.Tensor] | None = None) -> None:
         """`teacher`: soft labels per sample (`distill.teacher_targets`), cropped like the labels if given."""
         self.dataset, self.crop, self.seed, self.preprocess = dataset, crop, seed, preprocess
         self.teacher = teacher

@@ -81,23 +81,38 @@ def cache_key(teacher: str, weights: str, preprocess: Preprocess, dataset: Remap
 
 class SoftLabels:
     """The cached soft labels, read frame by frame from the memory-mapped file: no process (rank or loader
-    worker) holds them all, and processes share the pages. Picklable: each process opens its own handle."""
+    worker) holds them all, and processes share the pages. Picklable: each process maps the file itself, and
+    checks that it is still the one verified (`digest`), as a new loader worker may open it epochs later."""
 
-    def __init__(self, path: Path, count: int) -> None:
-        self.path, self.count = Path(path), count
+    def __init__(self, path: Path, count: int, digest: str) -> None:
+        self.path, self.count, self.digest = Path(path), count, digest
         self._file, self._pid = None, None
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from safetensors import safe_open
-
         if not 0 <= index < self.count:
             raise IndexError(index)
-        if self._pid != os.getpid():  # a forked loader worker must not share its parent's handle
-            self._file, self._pid = safe_open(str(self.path), framework="pt"), os.getpid()
-        return self._file.get_tensor(str(index))
+        return self.open()._file.get_tensor(str(index))
+
+    def open(self) -> SoftLabels:
+        """Maps the file in this process (once); raises a one-line error if it is not the verified one."""
+        from safetensors import safe_open
+
+        from edgeseg.zoo import DIGEST_KEY
+
+        if self._pid == os.getpid():
+            return self
+        try:
+            handle = safe_open(str(self.path), framework="pt")
+            digest, frames = (handle.metadata() or {}).get(DIGEST_KEY), sorted(handle.keys())
+        except Exception as exc:  # noqa: BLE001 - removed, truncated or foreign: one line
+            raise EdgesegError(f"{self.path}: cannot be read ({str(exc).splitlines()[0][:120]})") from None
+        if digest != self.digest or frames != sorted(map(str, range(self.count))):
+            raise EdgesegError(f"{self.path}: changed since it was verified (another run writing to this folder?)")
+        self._file, self._pid = handle, os.getpid()
+        return self
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_file": None, "_pid": None}
@@ -105,22 +120,18 @@ class SoftLabels:
 
 def _cached(cache: Path, key: dict[str, str]) -> SoftLabels | None:
     """The soft labels in `cache` if it holds them for `key` (its digest checked, one frame at a time)."""
-    from safetensors import safe_open
-
-    from edgeseg.zoo import read_verified
+    from edgeseg.zoo import DIGEST_KEY, read_verified
 
     if not cache.is_file():
         return None
     try:
         _, metadata = read_verified(cache, load=False)
+        if any(metadata.get(k) != v for k, v in key.items()):
+            return None
+        return SoftLabels(cache, int(key["count"]), metadata.get(DIGEST_KEY, "")).open()
     except EdgesegError as exc:  # damaged: the caller computes them again
         print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
         return None
-    with safe_open(str(cache), framework="pt") as f:
-        frames = sorted(f.keys())
-    if any(metadata.get(k) != v for k, v in key.items()) or frames != sorted(map(str, range(int(key["count"])))):
-        return None
-    return SoftLabels(cache, int(key["count"]))
 
 
 def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, names: tuple[str, ...],
@@ -147,8 +158,8 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
     targets = [soft_labels(model, preprocess, dataset.load(sample)[0], class_map, len(names)) for sample in frames]
     if cache is None:
         return targets
-    save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
-    return SoftLabels(cache, len(targets))
+    digest = save_verified({str(i): t for i, t in enumerate(targets)}, cache, key)
+    return SoftLabels(cache, len(targets), digest).open()
 
 
 def soft_crop(log_probs: torch.Tensor, frame_hw: tuple[int, int], top: int, left: int, crop: int,
