@@ -98,12 +98,12 @@ class SoftLabels:
 
     def open(self) -> SoftLabels:
         """Maps the file in this process (once); raises a one-line error if it is not the verified one."""
+        if self._pid == os.getpid():  # every __getitem__ passes here: nothing else before this check
+            return self
         from safetensors import safe_open
 
         from edgeseg.zoo import DIGEST_KEY
 
-        if self._pid == os.getpid():
-            return self
         try:
             handle = safe_open(str(self.path), framework="pt")
             digest, frames = (handle.metadata() or {}).get(DIGEST_KEY), sorted(handle.keys())
