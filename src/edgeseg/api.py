@@ -144,19 +144,23 @@ class Segmenter:
     `model` is a zoo name (see `edgeseg.list_models()`), a `.tflite` file, or a `.safetensors` checkpoint
     (also accepted as `tflite=` / `weights=`, whatever their suffix). Default backend: a zoo model runs its
     official INT8 `.tflite` with LiteRT (fast, and torch is not imported); `backend="torch"` runs the
-    PyTorch FP32 model. `threads` sets LiteRT's CPU threads. `input_size` (N or (H, W): any size for a
-    PyTorch model, a `.tflite` only its exported one) and `upscale` (enlarge smaller frames to fit) replace
-    the model's input handling; by default a model runs as it was trained.
+    PyTorch FP32 model. `threads` sets LiteRT's CPU threads; `delegate` names an external LiteRT delegate
+    library that runs a `.tflite` (or a zoo model's official file) on an NPU, e.g.
+    "/usr/lib/libvx_delegate.so" on the i.MX 8M Plus or "/usr/lib/libethosu_delegate.so" for a `*_vela.tflite`
+    on the i.MX 93. `input_size` (N or (H, W): any size for a PyTorch model, a `.tflite` only its exported one)
+    and `upscale` (enlarge smaller frames to fit) replace the model's input handling; by default a model runs
+    as it was trained.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, weights: str | os.PathLike | None = None,
                  tflite: str | os.PathLike | None = None, backend: str | None = None,
                  threads: int | None = None, input_size: int | tuple[int, int] | None = None,
-                 upscale: bool | None = None) -> None:
+                 upscale: bool | None = None, delegate: str | os.PathLike | None = None) -> None:
         if threads is not None and threads < 1:
             raise EdgesegError(f"threads must be at least 1, got {threads}")
         self.opened: OpenedModel = open_model(model, tflite=tflite, weights=weights, backend=backend,
-                                              threads=threads, input_size=input_size, upscale=upscale)
+                                              threads=threads, input_size=input_size, upscale=upscale,
+                                              delegate=delegate)
         self.runtime = self.opened.runtime
         self.class_names = self.opened.class_names
         self.model = self.opened.model

@@ -145,7 +145,7 @@ class OpenedModel:
 def open_model(model: str | Path | None = None, *, tflite: str | Path | None = None,
                weights: str | Path | None = None, backend: str | None = None,
                threads: int | None = None, input_size: Size | None = None,
-               upscale: bool | None = None) -> OpenedModel:
+               upscale: bool | None = None, delegate: str | Path | None = None) -> OpenedModel:
     """Opens a zoo model by name, a .tflite file, or a fine-tuned checkpoint (.safetensors).
 
     `model` may itself be a path ending in .tflite or .safetensors. Defaults: a zoo model runs its
@@ -154,6 +154,9 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
 
     `input_size` (N or (H, W)) and `upscale` (enlarge smaller frames to fit) replace the model's own input
     handling; None keeps it. A PyTorch model runs at any size; a .tflite only at the size it was exported at.
+
+    `delegate` is an external LiteRT delegate library (an NPU's, e.g. /usr/lib/libvx_delegate.so) for the
+    .tflite or the zoo model's official file; the PyTorch backend and checkpoints take none.
     """
     if backend is not None and backend not in BACKENDS:
         raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -169,14 +172,19 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
             model, weights = None, model
     if sum(x is not None for x in (model, tflite, weights)) > 1:
         raise EdgesegError("name one model: a zoo name, a .tflite file or a checkpoint")
+    if delegate is not None and weights is not None:  # before any model is built
+        raise EdgesegError("--delegate runs a .tflite with LiteRT, not a PyTorch checkpoint: export the checkpoint "
+                           "(`edgeseg export --weights ...`) and pass the file with --tflite")
+    if delegate is not None and backend == "torch":
+        raise EdgesegError("--delegate runs a .tflite with LiteRT, not the PyTorch model: drop --backend torch")
     if tflite is not None:
         if backend == "torch":
             raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
-        runtime = open_runtime(tflite, "litert", threads=threads)
+        runtime = open_runtime(tflite, "litert", threads=threads, delegate=delegate)
         names = tflite_class_names(tflite, runtime.num_classes)
         runtime = _with_input_handling(runtime, input_size, upscale, str(tflite))
-        return OpenedModel(runtime, names, _described(str(tflite), runtime, input_size, upscale),
-                           Path(tflite).name, "litert")
+        description = _with_delegate(_described(str(tflite), runtime, input_size, upscale), delegate)
+        return OpenedModel(runtime, names, description, Path(tflite).name, "litert")
     if weights is not None:
         if backend == "litert":
             raise EdgesegError("--weights is a PyTorch checkpoint; export it to .tflite to run it with LiteRT")
@@ -191,9 +199,10 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     if (backend or "litert") == "litert":
         from edgeseg.zoo import official_tflite
 
-        runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads)
+        runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads, delegate=delegate)
         runtime = _with_input_handling(runtime, input_size, upscale, f"{entry.name}'s official file")
-        description = _described(f"{entry.name} (official INT8 TFLite)", runtime, input_size, upscale)
+        description = _with_delegate(_described(f"{entry.name} (official INT8 TFLite)", runtime, input_size, upscale),
+                                     delegate)
         return OpenedModel(runtime, entry.class_names, description, entry.name, "litert")
     net, entry = load_torch_model(entry.name)
     runtime = open_runtime(net, "torch", num_classes=entry.num_classes, name=f"torch:{entry.name}",
@@ -246,6 +255,11 @@ def _described(description: str, runtime: Runtime, input_size: tuple[int, int] |
         return description
     size = "x".join(map(str, runtime.input_size))
     return f"{description} at {size}{', frames enlarged to fit' if getattr(runtime, 'upscale', False) else ''}"
+
+
+def _with_delegate(description: str, delegate: str | Path | None) -> str:
+    """The description, naming the delegate library when one runs the model (it may fall back to the CPU)."""
+    return f"{description}, delegate {Path(delegate).name}" if delegate else description
 
 
 def load_torch_model(model: str | None = None, weights: str | Path | None = None) -> tuple[Any, ModelEntry]:

@@ -37,6 +37,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
     parser.add_argument("--threads", type=threads_int, metavar="N", default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
+    parser.add_argument("--delegate", type=Path, metavar="PATH",
+                        help="external LiteRT delegate library that runs the .tflite on an NPU, e.g. "
+                             "/usr/lib/libvx_delegate.so (i.MX 8M Plus) or /usr/lib/libethosu_delegate.so (i.MX 93, "
+                             "for a *_vela.tflite)")
     parser.add_argument("--input-size", type=size_arg, metavar="N|HxW",
                         help="run the PyTorch model at this input, e.g. 721x961 (default: the model's; a .tflite "
                              "runs at the size it was exported at)")
@@ -46,11 +50,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def open_model(args: argparse.Namespace) -> OpenedModel:
-    """Opens what --model / --tflite / --weights, --backend, --threads, --input-size and --upscale name."""
+    """Opens what --model / --tflite / --weights, --backend, --threads, --delegate, --input-size and --upscale
+    name."""
     from edgeseg.backends import open_model as open_source
 
     return open_source(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
-                       threads=args.threads, input_size=args.input_size, upscale=args.upscale)
+                       threads=args.threads, input_size=args.input_size, upscale=args.upscale,
+                       delegate=args.delegate)
 
 
 # Commands --------------------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
             jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
         seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
-                        threads=args.threads, input_size=args.input_size, upscale=args.upscale)
+                        threads=args.threads, input_size=args.input_size, upscale=args.upscale,
+                        delegate=args.delegate)
         run_predict(seg, jobs, json_path=args.json, every=args.every, max_frames=args.max_frames,
                     frame_labels=args.frame_labels, progress=not args.no_progress)
 
@@ -134,7 +141,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         weight_ranges=args.weight_ranges, activation_ranges=args.activation_ranges, target=args.target,
         bias_correction=args.bias_correction, upscale=preprocess.upscale,
         input_size=parse_size(args.input_size) if args.input_size else preprocess.input_size,
-        qat_file=_qat_file(args),
+        qat_file=_qat_file(args), stem=args.stem,
     ).resolved()  # conflicting options fail here, before the model is built
     calibration = ""
     if options.precision == "int8":  # so does missing calibration data
@@ -159,6 +166,16 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"activation ranges {options.activation_ranges}")
     if report["exact_weights"]:
         print(f"  per-tensor uint8 weights: {report['exact_weights']} convs re-quantized exactly on their QAT grid")
+    if "vela" in report:
+        _print_vela(report["vela"], f"wrote {report['vela']['compiled']}, for the NPU: ")
+
+
+def _print_vela(vela: dict, prefix: str = "") -> None:
+    """Vela's estimate in two lines: the figures, and the command that reproduces them."""
+    from edgeseg.vela import VelaEstimate
+
+    print(prefix + VelaEstimate(**vela).summary())
+    print(f"  reproduce: {vela['command']}")
 
 
 def _model_preprocess(args: argparse.Namespace):
@@ -188,9 +205,12 @@ def _qat_file(args: argparse.Namespace) -> Path | None:
 
 def export_suffixes(options) -> list[str]:
     """Returns file-name parts for every export option that differs from its default."""
+    from edgeseg.compat import TARGET_DEFAULTS
     from edgeseg.export import DEFAULT_ACTIVATION_RANGES
 
-    parts = [] if options.output == "argmax" else [options.output]
+    defaults = {"output": "argmax", "stem": "conv", **TARGET_DEFAULTS.get(options.target or "", {})}
+    parts = [] if options.output == defaults["output"] else [options.output]
+    parts += [] if options.stem == defaults["stem"] else [options.stem.replace("-", "_")]
     parts += [] if options.input_size == (513, 513) else ["x".join(map(str, options.input_size))]
     if options.target is not None:
         return [options.target, *parts]
@@ -409,12 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32, or int8 (full-integer, calibrated on --data)")
     p.add_argument("-o", "--output", action=ExportOutput, metavar="FILE",
                    help="output .tflite (default exports/<model>_<precision>[_<options>].tflite)")
-    p.add_argument("--output-kind", choices=OUTPUT_KINDS, default="argmax",
-                   help="argmax: full-resolution labels; logits: small logits, upsampled on the host")
+    p.add_argument("--output-kind", choices=OUTPUT_KINDS, default=None,
+                   help="the graph's tail: argmax (full-resolution labels) or logits (the output-stride logits, "
+                        "upsampled and argmaxed exactly on the host); default: logits with a --target, else argmax")
     p.add_argument("--input", choices=["uint8", "int8", "float32"],
                    help="int8 models: uint8 raw pixels (default; scale 1/128, zero point 128), int8, or float32")
     p.add_argument("--target", choices=sorted(TARGETS),
-                   help="device preset: imx8mp = i.MX 8M Plus NPU (per-tensor uint8, raw uint8 pixels in)")
+                   help="device preset: imx8mp = i.MX 8M Plus NPU (per-tensor uint8, raw uint8 pixels in); "
+                        "imx93 = i.MX 93 Ethos-U65 NPU (the same, a space-to-depth stem, and the file compiled by "
+                        "Vela as <name>_vela.tflite; extra npu)")
+    p.add_argument("--stem", choices=["conv", "space-to-depth"], default=None,
+                   help="the first conv as trained (conv) or as an exact 2x2 conv on 2x2 pixel blocks packed into "
+                        "12 channels by the host (space-to-depth; faster on NPUs); default: the target's, else conv")
     p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
                    help="weights: per-channel int8 (default; CPUs, GPUs) or per-tensor uint8 (NPUs)")
     p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",

@@ -28,15 +28,33 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edgeseg.compat import TARGETS
+from edgeseg.compat import TARGET_DEFAULTS, TARGETS, VELA_TARGETS
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path, check_output_file
 from edgeseg.logs import progress_stream, status, third_party_output
-from edgeseg.pipeline import DEEPLAB, Size, input_hw, load_image, normalize_and_pad
-from edgeseg.tflite_file import CLASSES_METADATA, UPSCALE_METADATA, TFLiteFile
+from edgeseg.pipeline import (
+    DEEPLAB,
+    PACKED_CHANNELS,
+    Size,
+    input_hw,
+    load_image,
+    normalize_and_pad,
+    pack_space_to_depth,
+    packed_size,
+)
+from edgeseg.tflite_file import (
+    CLASSES_METADATA,
+    INPUT_LAYOUT_METADATA,
+    INPUT_SIZE_METADATA,
+    SPACE_TO_DEPTH_LAYOUT,
+    UPSCALE_METADATA,
+    TFLiteFile,
+)
+from edgeseg.vela import VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
 
 PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
     ("argmax", "logits"), ("per-channel", "per-tensor")
+STEMS = ("conv", "space-to-depth")
 
 # Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see the README).
 DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
@@ -47,7 +65,7 @@ _FLAGS = {"output": "output-kind"}  # option -> its command-line flag, where the
 class ExportOptions:
     precision: str = "int8"
     input: str | None = None  # default: uint8 for int8, float32 for fp32
-    output: str = "argmax"
+    output: str | None = None  # the graph's tail; default: the target's (TARGET_TAILS), else argmax
     granularity: str | None = None  # default per-channel; int8 only
     calib_root: Path | None = None
     calib_split: str = "train"
@@ -57,6 +75,7 @@ class ExportOptions:
     weight_ranges: str = "mse"  # weight scales: "mse" (exact QAT grids where they exist) or "minmax"
     activation_ranges: str | None = None  # "ema" (the quantizer's moving min/max) or "mse"; default by granularity
     target: str | None = None  # a TARGETS preset
+    stem: str | None = None  # "space-to-depth": the host packs 2x2 pixel blocks (models/stem.py); default conv
     # Per-tensor only: empirical bias correction of every conv (True), none (False), or (None, the default)
     # of the convs whose weights had no exact grid, as a fine-tuned model's (bias_correction.py).
     bias_correction: bool | None = None
@@ -69,11 +88,15 @@ class ExportOptions:
         for option, value, allowed in (("precision", options.precision, PRECISIONS),
                                        ("input", options.input, INPUTS), ("output", options.output, OUTPUTS),
                                        ("granularity", options.granularity, GRANULARITIES),
+                                       ("stem", options.stem, STEMS),
                                        ("weight-ranges", options.weight_ranges, ("mse", "minmax")),
                                        ("activation-ranges", options.activation_ranges, ("ema", "mse", "qat"))):
             if value is not None and value not in allowed:
                 raise EdgesegError(f"--{option} must be one of {', '.join(allowed)}, got {value!r}")
-        options = replace(options, input_size=input_hw(options.input_size))
+        defaults = TARGET_DEFAULTS.get(options.target or "", {})
+        options = replace(options, input_size=input_hw(options.input_size),
+                          stem=options.stem or defaults.get("stem", "conv"),
+                          output=options.output or defaults.get("output", "argmax"))
         if options.precision == "fp32":
             if options.input not in (None, "float32"):
                 raise EdgesegError(f"--input {options.input} needs --precision int8 (an FP32 model takes float32)")
@@ -110,7 +133,7 @@ class ExportOptions:
             raise EdgesegError(f"unknown --target {self.target!r}; known targets: {', '.join(TARGETS)}")
         preset = TARGETS[self.target]
         explicit = {"precision": self.precision if self.precision != "int8" else None, "input": self.input,
-                    "granularity": self.granularity, "output": self.output if self.output != "argmax" else None}
+                    "granularity": self.granularity}
         for option, value in explicit.items():
             if value is not None and value != preset[option]:
                 flag = _FLAGS.get(option, option)
@@ -123,19 +146,42 @@ class DeployModel(nn.Module):
     """NHWC float input (x*2/255-1) -> argmax labels [1, S, S] or logits [1, h, w, C].
 
     The input permute is cancelled by litert-torch's layout pass, and the argmax is taken over the last
-    (channel) axis of an NHWC tensor, so the graph has no TRANSPOSE.
+    (channel) axis of an NHWC tensor, so the graph has no TRANSPOSE. With a space-to-depth stem the input
+    is the packed [1, Hb, Wb, 12] (pipeline.pack_space_to_depth) and `input_size` the image size it holds.
     """
 
-    def __init__(self, model: nn.Module, output: str) -> None:
+    def __init__(self, model: nn.Module, output: str, input_size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.output = model, output
+        self.model, self.output, self.input_size = model, output, input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model.forward_logits(x.permute(0, 3, 1, 2))
         if self.output == "logits":
             return logits.permute(0, 2, 3, 1)
-        up = F.interpolate(logits, size=x.shape[1:3], mode="bilinear", align_corners=True)
+        up = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=True)
         return up.permute(0, 2, 3, 1).argmax(dim=-1)
+
+
+def _deploy_model(model: nn.Module, options: ExportOptions) -> tuple[nn.Module, torch.Tensor]:
+    """Returns the graph to convert and a sample input for it."""
+    import copy
+
+    if options.stem == "space-to-depth":
+        from edgeseg.models.stem import with_space_to_depth_stem
+
+        try:
+            model = with_space_to_depth_stem(copy.deepcopy(model))
+        except ValueError as exc:
+            raise EdgesegError(f"--stem space-to-depth: {exc}") from None
+        sample = torch.zeros(1, *packed_size(options.input_size), PACKED_CHANNELS)
+    else:
+        sample = torch.zeros(1, *options.input_size, 3)
+    return DeployModel(model.eval(), options.output, options.input_size).eval(), sample
+
+
+def _packed_images(images: list[np.ndarray], input_size: tuple[int, int]) -> list[np.ndarray]:
+    """Calibration images (1, S, S, 3) as a space-to-depth graph takes them; 0.0 is the padding value."""
+    return [pack_space_to_depth(image[0], input_size, 0.0)[None] for image in images]
 
 
 def calibration_images(root: Path, split: str, count: int, input_size: Size,
@@ -307,11 +353,18 @@ def export_tflite(
     options = options.resolved()
     path = Path(path)
     check_output_file(path)  # fail before minutes of conversion, not after
+    for_vela = options.target in VELA_TARGETS
+    if for_vela:
+        if not vela_available():
+            raise EdgesegError(f"--target {options.target} compiles the file with Arm's Vela: "
+                               f"pip install 'edgeseg[npu]' (ethos-u-vela=={VELA_VERSION})")
+        check_output_file(compiled_path(path))
     images = (calibration_images(options.calib_root, options.calib_split, options.calib_count, options.input_size,
                                  options.upscale) if options.precision == "int8" else [])
     start = time.perf_counter()
-    wrapper = DeployModel(model.eval(), options.output).eval()
-    sample = torch.zeros(1, *options.input_size, 3)
+    wrapper, sample = _deploy_model(model, options)
+    if options.stem == "space-to-depth":
+        images = _packed_images(images, options.input_size)
     with tempfile.TemporaryDirectory(prefix="edgeseg-export-") as tmp:
         float_path = Path(tmp) / "float.tflite"
         # keep stdout for results; the converter logs a lot (to a log file, unless edgeseg -v)
@@ -327,11 +380,17 @@ def export_tflite(
     add_metadata(tfl_model, CLASSES_METADATA, json.dumps(list(class_names)).encode())
     if options.upscale:
         add_metadata(tfl_model, UPSCALE_METADATA, b"1")
+    if options.stem == "space-to-depth":
+        add_metadata(tfl_model, INPUT_LAYOUT_METADATA, SPACE_TO_DEPTH_LAYOUT)
+        add_metadata(tfl_model, INPUT_SIZE_METADATA, "x".join(map(str, options.input_size)).encode())
     with atomic_path(path) as tmp_path:
         tmp_path.write_bytes(serialize(tfl_model))
         report = inspect_tflite(tmp_path)
         if options.precision == "int8" and report["float_compute_ops"]:
             raise EdgesegError(f"INT8 export still computes in float: {report['float_compute_ops'][:5]}")
+    if for_vela:  # the board file beside the plain one, which runs anywhere
+        with status("Vela"):
+            report["vela"] = compile_for_ethos_u(path, compiled_path(path)).as_dict()
     return {"file": str(path), "options": {k: str(v) for k, v in vars(options).items()},
             "calibration_images": len(images), "exact_weights": exact_weights,
             "seconds": round(time.perf_counter() - start, 1), **report}

@@ -1,10 +1,13 @@
 """Read a .tflite flatbuffer without running it: ops, tensors, quantization and constant data.
 
-Uses the schema bindings that ship with ai-edge-litert, so no TensorFlow is needed.
+Uses the schema bindings that ship with ai-edge-litert, so no TensorFlow is needed. The in-place reads done on
+every model load (`read_metadata`, `custom_codes`) need neither: they also run on a board image that has
+tflite_runtime and no ai-edge-litert.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +16,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from ai_edge_litert import schema_py_generated as schema
-from ai_edge_litert.tools import flatbuffer_utils
+
+try:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+except ImportError:  # a board image with tflite_runtime only: the in-place reads below still work
+    schema = flatbuffer_utils = None
 
 from edgeseg.errors import EdgesegError
 
@@ -22,8 +29,12 @@ T = TypeVar("T")
 CLASSES_METADATA = "edgeseg_class_names"  # metadata entry where edgeseg exports keep their class names
 # Present (b"1") in exports of models trained on enlarged frames: smaller frames are enlarged to fit the input.
 UPSCALE_METADATA = "edgeseg_upscale"
-_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+# A packed input (models/stem.py): each 2x2 pixel block as 12 channels; the image size it holds is kept too.
+INPUT_LAYOUT_METADATA = "edgeseg_input_layout"
+SPACE_TO_DEPTH_LAYOUT = b"space_to_depth_2x2"
+INPUT_SIZE_METADATA = "edgeseg_input_size"
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")} if schema else {}
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")} if schema else {}
 _NUMPY_TYPES = {
     "FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8,
     "INT64": np.int64, "INT16": np.int16, "INT8": np.int8, "BOOL": np.bool_,
@@ -97,17 +108,69 @@ def _read(path: Path, parse: Callable[[bytes], T]) -> T:
         raise EdgesegError(f"{path}: not a valid .tflite file ({exc})") from None
 
 
+# Field numbers in LiteRT's schema.fbs, for the in-place reads (a flatbuffer walked with struct, no bindings).
+_MODEL_OPERATOR_CODES, _MODEL_BUFFERS, _MODEL_METADATA = 1, 4, 6
+_CODE_CUSTOM = 1  # OperatorCode.custom_code
+_METADATA_NAME, _METADATA_BUFFER = 0, 1
+_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
+
+
+def _field(buf: bytes, table: int, field: int) -> int | None:
+    """Returns where a table's field is stored, or None if the table leaves it out (its vtable says)."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    slot = 4 + 2 * field
+    if slot >= struct.unpack_from("<H", buf, vtable)[0]:
+        return None
+    offset = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + offset if offset else None
+
+
+def _target(buf: bytes, pos: int) -> int:
+    """Returns where the offset stored at `pos` points: a table, a vector or a string."""
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _scalar(buf: bytes, table: int, field: int, fmt: str) -> int:
+    pos = _field(buf, table, field)
+    return struct.unpack_from(fmt, buf, pos)[0] if pos is not None else 0  # every field read here defaults to 0
+
+
+def _bytes(buf: bytes, table: int, field: int) -> bytes | None:
+    """Returns a string or [ubyte] field, or None if absent."""
+    pos = _field(buf, table, field)
+    if pos is None:
+        return None
+    start = _target(buf, pos)
+    return bytes(buf[start + 4:start + 4 + struct.unpack_from("<I", buf, start)[0]])
+
+
+def _tables(buf: bytes, table: int, field: int) -> list[int]:
+    """Returns where each table of a vector-of-tables field is stored."""
+    pos = _field(buf, table, field)
+    if pos is None:
+        return []
+    start = _target(buf, pos)
+    return [_target(buf, start + 4 + 4 * i) for i in range(struct.unpack_from("<I", buf, start)[0])]
+
+
 def _metadata_entries(buf: bytes) -> dict[str, bytes]:
-    model = schema.Model.GetRootAs(buf, 0)
+    model = _target(buf, 0)
+    buffers = _tables(buf, model, _MODEL_BUFFERS)
     entries = {}
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        buffer = model.Buffers(entry.Buffer())
-        if buffer.Offset() > 1:  # large files keep data after the flatbuffer
-            entries[entry.Name().decode()] = buf[buffer.Offset():buffer.Offset() + buffer.Size()]
+    for entry in _tables(buf, model, _MODEL_METADATA):
+        name = (_bytes(buf, entry, _METADATA_NAME) or b"").decode()
+        buffer = buffers[_scalar(buf, entry, _METADATA_BUFFER, "<I")]
+        offset = _scalar(buf, buffer, _BUFFER_OFFSET, "<Q")
+        if offset > 1:  # large files keep data after the flatbuffer
+            entries[name] = buf[offset:offset + _scalar(buf, buffer, _BUFFER_SIZE, "<Q")]
         else:
-            entries[entry.Name().decode()] = b"" if buffer.DataIsNone() else buffer.DataAsNumpy().tobytes()
+            entries[name] = _bytes(buf, buffer, _BUFFER_DATA) or b""
     return entries
+
+
+def _custom_codes(buf: bytes) -> set[str]:
+    codes = (_bytes(buf, code, _CODE_CUSTOM) for code in _tables(buf, _target(buf, 0), _MODEL_OPERATOR_CODES))
+    return {code.decode(errors="replace") for code in codes if code}
 
 
 def read_metadata(path: str | Path) -> dict[str, bytes]:
@@ -115,10 +178,17 @@ def read_metadata(path: str | Path) -> dict[str, bytes]:
     return _read(Path(path), _metadata_entries)
 
 
+def custom_codes(path: str | Path) -> set[str]:
+    """Returns the custom codes of the file's custom ops, read in place: "ethos-u" in a file compiled by Vela."""
+    return _read(Path(path), _custom_codes)
+
+
 class TFLiteFile:
     """A parsed .tflite file (main subgraph only)."""
 
     def __init__(self, path: str | Path) -> None:
+        if schema is None:
+            raise EdgesegError("reading a .tflite's graph needs ai-edge-litert: pip install ai-edge-litert")
         self.path = Path(path)
         self._model = _read(self.path, parse_model)
         self._graph = self._model.subgraphs[0]

@@ -1,23 +1,60 @@
 """LiteRT runtime for any segmentation .tflite: uint8, int8 or float32 input; argmax or logits output.
 
 Everything is read from the model's own input and output details, so the same code runs the official
-files and edgeseg's exports. Needs only numpy, Pillow and ai-edge-litert.
+files and edgeseg's exports. Needs only numpy, Pillow and ai-edge-litert (or, on a board image, tflite_runtime).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter, load_delegate
 
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import DEEPLAB, labels_from_logits, normalize_and_pad
+from edgeseg.pipeline import (
+    DEEPLAB,
+    PACKED_CHANNELS,
+    labels_from_logits,
+    normalize_and_pad,
+    pack_space_to_depth,
+    packed_size,
+    parse_size,
+)
 from edgeseg.registry import Preprocess
-from edgeseg.tflite_file import UPSCALE_METADATA, read_metadata
+from edgeseg.tflite_file import (
+    INPUT_LAYOUT_METADATA,
+    INPUT_SIZE_METADATA,
+    SPACE_TO_DEPTH_LAYOUT,
+    UPSCALE_METADATA,
+    custom_codes,
+    read_metadata,
+)
+
+# LiteRT's own wheel first, else tflite_runtime: NXP's board images ship that one (built with their NPU
+# delegates) and not ai-edge-litert. Every on-device path gets its interpreter from here.
+INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+VELA_CUSTOM_CODE = "ethos-u"  # the custom op Arm Vela compiles a graph's NPU part into
+ETHOSU_DELEGATE = "/usr/lib/libethosu_delegate.so"  # NXP's Ethos-U delegate on the i.MX 93
+
+
+def import_interpreter() -> tuple[str | None, Any, Any]:
+    """Returns (module name, Interpreter, load_delegate) from the first of INTERPRETER_MODULES that imports, else
+    (None, None, None): opening a runtime then says what to install, while `import edgeseg` still works."""
+    for name in INTERPRETER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return name, module.Interpreter, module.load_delegate
+    return None, None, None
+
+
+INTERPRETER_MODULE, Interpreter, load_delegate = import_interpreter()
 
 MAX_THREADS = 256  # far above any edge CPU; LiteRT crashes on absurd counts (100000 segfaults)
 
@@ -63,6 +100,15 @@ class LiteRTRuntime:
             raise EdgesegError(f"{self.path}: {'a folder, not a file' if self.path.is_dir() else 'no such file'}")
         if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
             raise EdgesegError(f"--threads must be 1..{MAX_THREADS}, got {num_threads}")
+        if Interpreter is None:
+            raise EdgesegError("running a .tflite needs LiteRT: pip install ai-edge-litert, or on the board use the "
+                               "image's tflite_runtime (neither ai_edge_litert nor tflite_runtime can be imported)")
+        self.interpreter_module = INTERPRETER_MODULE  # which of INTERPRETER_MODULES runs it
+        # Checked before LiteRT sees the file: without the Ethos-U delegate it fails on the custom op, unexplained.
+        if not delegate and VELA_CUSTOM_CODE in custom_codes(self.path):
+            raise EdgesegError(f"{self.path} was compiled by Vela for the Ethos-U NPU ({VELA_CUSTOM_CODE} custom op): "
+                               f"run it on the i.MX 93 with --delegate {ETHOSU_DELEGATE}, or run the plain .tflite "
+                               "exported beside it")
         delegates = [self._load_delegate(delegate)] if delegate else None
         try:
             with quiet_native_stderr():  # XNNPACK's "INFO: Created ... delegate" line on every run
@@ -73,8 +119,11 @@ class LiteRTRuntime:
         except (ValueError, RuntimeError) as exc:
             raise EdgesegError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
         self.name = f"litert:{self.path.name}"
+        metadata = read_metadata(self.path)
+        # A space-to-depth file (models/stem.py) takes 2x2 pixel blocks packed into 12 channels.
+        self.packed = metadata.get(INPUT_LAYOUT_METADATA) == SPACE_TO_DEPTH_LAYOUT
         self._input, self._output = self._check_signature()
-        self.input_size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
+        self.input_size = self._image_size(metadata)
         self.outputs_logits = len(self._output["shape"]) == 4
         self.num_classes = int(self._output["shape"][-1]) if self.outputs_logits else 0
         self._dtype = np.dtype(self._input["dtype"])
@@ -96,12 +145,27 @@ class LiteRTRuntime:
             raise EdgesegError(f"{self.path}: unsupported input type {self._dtype}")
         self._preprocess = preprocess
         # A model trained on enlarged frames says so in its metadata (edgeseg exports).
-        self.upscale = preprocess.upscale or read_metadata(self.path).get(UPSCALE_METADATA) == b"1"
+        self.upscale = preprocess.upscale or metadata.get(UPSCALE_METADATA) == b"1"
+
+    def _image_size(self, metadata: dict[str, bytes]) -> tuple[int, int]:
+        """The image size the input holds: its own shape, or for a packed input the size kept in metadata."""
+        shape = self._input["shape"]
+        if not self.packed:
+            return int(shape[1]), int(shape[2])
+        try:
+            size = parse_size(metadata[INPUT_SIZE_METADATA].decode())
+        except (KeyError, UnicodeDecodeError, EdgesegError):
+            size = None
+        if size is None or packed_size(size) != (int(shape[1]), int(shape[2])):
+            raise EdgesegError(f"{self.path}: a space-to-depth input {list(shape)} without a matching image size "
+                               f"in its metadata ({INPUT_SIZE_METADATA})")
+        return size
 
     @staticmethod
     def _load_delegate(path: str | Path):
         if not Path(path).is_file():
-            raise EdgesegError(f"delegate library {path} not found (on i.MX 8M Plus: /usr/lib/libvx_delegate.so)")
+            raise EdgesegError(f"delegate library {path} not found (on i.MX 8M Plus: /usr/lib/libvx_delegate.so, "
+                               f"on i.MX 93: {ETHOSU_DELEGATE})")
         # Check the library first: LiteRT's Delegate object prints a traceback from __del__ when loading fails.
         try:
             library = ctypes.CDLL(str(path))
@@ -121,10 +185,11 @@ class LiteRTRuntime:
             problem = f"{len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1"
         else:
             shape, out_shape = list(inputs[0]["shape"]), list(outputs[0]["shape"])
-            if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
-                problem = f"input shape {shape}, expected [1, H, W, 3]"
+            channels = PACKED_CHANNELS if self.packed else 3
+            if len(shape) != 4 or shape[0] != 1 or shape[3] != channels:
+                problem = f"input shape {shape}, expected [1, H, W, {channels}]"
             elif not (
-                (len(out_shape) == 3 and out_shape[1:] == shape[1:3])
+                (len(out_shape) == 3 and (self.packed or out_shape[1:] == shape[1:3]))
                 or (len(out_shape) == 4 and out_shape[3] >= 2)
             ):
                 problem = f"output shape {out_shape}, expected [1, H, W] labels or [1, h, w, classes] logits"
@@ -135,7 +200,12 @@ class LiteRTRuntime:
     def set_input(self, pixels: np.ndarray) -> None:
         """Writes uint8 RGB pixels (H, W, 3), scaled and padded, into the model's input tensor."""
         height, width = pixels.shape[:2]
-        if self._dtype == np.float32:
+        if self.packed:  # the pad value is the scaled mean pixel, 0.0, as the stem conv's own padding
+            image = pixels * np.float32(self._preprocess.scale) + np.float32(self._preprocess.offset) \
+                if self._dtype == np.float32 else self._lut[pixels]
+            pad = np.float32(self._preprocess.pad_value) if self._dtype == np.float32 else self._pad
+            batch = pack_space_to_depth(image, self.input_size, pad)
+        elif self._dtype == np.float32:
             batch = normalize_and_pad(pixels, self.input_size, self._preprocess)
         else:
             batch = np.full((*self.input_size, 3), self._pad, dtype=self._dtype)
