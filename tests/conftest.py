@@ -67,8 +67,8 @@ def classifier_tflite(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
-    """The dm 0.5 model exported four ways: FP32; INT8 per-channel (argmax, uint8 pixels in); INT8 per-channel
-    logits with int8 input; and the i.MX 8M Plus preset (per-tensor uint8).
+    """The dm 0.5 model exported five ways: FP32; INT8 per-channel (argmax, uint8 pixels in); INT8 per-channel
+    logits with int8 input; the i.MX 8M Plus preset (per-tensor uint8); the i.MX 93 preset (compiled by Vela).
 
     Calibrated on only 8 train images to keep the suite fast; accuracy checks use their own exports.
     """
@@ -82,6 +82,7 @@ def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
         "int8_logits": ExportOptions(precision="int8", output="logits", input="int8", calib_root=VOC_ROOT,
                                      calib_count=8),
         "imx8mp": ExportOptions(target="imx8mp", calib_root=VOC_ROOT, calib_count=8),
+        "imx93": ExportOptions(target="imx93", calib_root=VOC_ROOT, calib_count=8),  # and imx93_vela.tflite
     }
     return {name: Path(export_tflite(dm05_model, VOC_CLASSES, out / f"{name}.tflite", opts)["file"])
             for name, opts in variants.items()}

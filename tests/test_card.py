@@ -26,18 +26,24 @@ def test_vx_list_check():
 def test_card_from_existing_exports(voc_root, dm05_exports, dm05_model, dm05_official, tmp_path):
     out = tmp_path / "card"
     out.mkdir()
-    for variant in ("fp32", "int8", "imx8mp"):
-        (out / f"deeplabv3_mnv2_dm05_voc_{variant}.tflite").write_bytes(dm05_exports[variant].read_bytes())
+    for variant in ("fp32", "int8", "imx8mp", "imx93", "imx93_vela"):
+        source = dm05_exports["imx93"].with_name("imx93_vela.tflite") if variant == "imx93_vela" \
+            else dm05_exports[variant]
+        (out / f"deeplabv3_mnv2_dm05_voc_{variant}.tflite").write_bytes(source.read_bytes())
     entry = get_entry("deeplabv3_mnv2_dm05_voc")
     dataset = voc(voc_root, "val", limit=3)
     fact = measure(CardModel(entry, dm05_model, dm05_official), dataset, out, calib_root=voc_root,
                    reuse_exports=True, threads=2)
     assert fact["params"] == entry.measured["params"] and fact["ops"]["total"] == entry.measured["ops"]
     assert fact["int8_float_compute_ops"] == [] and fact["vx_unsupported_ops"] == []
-    assert set(fact["miou"]) == {"fp32", "int8", "int8_per_tensor", "official_int8"}
+    assert set(fact["miou"]) == {"fp32", "int8", "int8_per_tensor", "imx93", "official_int8"}
+    # Vela's estimates: the i.MX 93 file runs whole on the NPU; the official file leaves its x16 resize.
+    assert fact["vela"]["imx93"]["cpu_ops"] == {} and fact["vela"]["imx93"]["npu_ms"] < 13
+    assert fact["vela"]["official_int8"]["cpu_ops"] == {"RESIZE_BILINEAR": 1}
     assert np.asarray(fact["int8_confusion"]).sum() > 0
     row = card_row(entry, fact)
     assert len(row) == len(COLUMNS) and row[7] == "1.76 G" and row[8] == "0.69 M"
+    assert row[11].startswith(f"{fact['vela']['imx93']['npu_ms']:.1f} ms (`--target imx93`), 0 ops on the CPU")
     assert "per-tensor (NPU, `--target imx8mp`)" in row[5] and row[6] == "513x513x3"
     text = markdown([entry], [fact], "test data")
     assert "| " + " | ".join(COLUMNS) + " |" in text and "test data" in text and "70.19" in text

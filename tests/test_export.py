@@ -76,7 +76,9 @@ def test_imx8mp_file_is_per_tensor_uint8_on_the_vx_delegate_list(dm05_exports, d
     tfl = TFLiteFile(dm05_exports["imx8mp"])
     report = inspect_tflite(dm05_exports["imx8mp"])
     assert report["input"] == {"dtype": "UINT8", "shape": [1, 513, 513, 3], "scale": 1 / 128, "zero_point": 128}
-    assert report["output"]["dtype"] == "INT32" and set(report["tensor_types"]) == {"UINT8", "INT32"}
+    # The logits tail by default: no 513x513 upsample and ARG_MAX on the NPU (see compat.TARGET_DEFAULTS).
+    assert report["output"]["dtype"] == "UINT8" and report["output"]["shape"] == [1, 33, 33, 21]
+    assert "ARG_MAX" not in report["ops"] and set(report["tensor_types"]) == {"UINT8", "INT32"}
     assert unsupported_ops(report["ops"]) == [] and report["float_compute_ops"] == []
     convs = [op for op in tfl.ops if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     weights = [tfl.tensors[op.inputs[1]] for op in convs]
@@ -112,11 +114,18 @@ def test_grid_params_recover_a_uint8_grid_and_fall_back_otherwise(rng):
 
 def test_target_options_and_conflicts():
     options = ExportOptions(target="imx8mp", calib_root="x").resolved()
-    assert (options.precision, options.granularity, options.input, options.output) == \
-        ("int8", "per-tensor", "uint8", "argmax")
+    assert (options.precision, options.granularity, options.input, options.output, options.stem) == \
+        ("int8", "per-tensor", "uint8", "logits", "conv")
+    # The tail and the stem are choices of their own, with the target's defaults.
+    assert ExportOptions(target="imx8mp", output="argmax", calib_root="x").resolved().output == "argmax"
+    imx93 = ExportOptions(target="imx93", calib_root="x").resolved()
+    assert (imx93.granularity, imx93.input, imx93.output, imx93.stem) == \
+        ("per-tensor", "uint8", "logits", "space-to-depth")
+    assert ExportOptions(target="imx93", stem="conv", calib_root="x").resolved().stem == "conv"
+    assert ExportOptions(calib_root="x").resolved().output == "argmax"
     with pytest.raises(EdgesegError, match="--target imx8mp means --granularity per-tensor"):
         ExportOptions(target="imx8mp", granularity="per-channel", calib_root="x").resolved()
-    with pytest.raises(EdgesegError, match="unknown --target 'jetson'; known targets: imx8mp"):
+    with pytest.raises(EdgesegError, match="unknown --target 'jetson'; known targets: imx8mp, imx93"):
         ExportOptions(target="jetson", calib_root="x").resolved()
     with pytest.raises(EdgesegError, match="conflicts with --precision fp32"):
         ExportOptions(target="imx8mp", precision="fp32").resolved()

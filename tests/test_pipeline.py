@@ -147,3 +147,19 @@ def test_logits_shortcut_is_exact(rng, kind):
                        mode="bilinear", align_corners=True)[0]
     reference = up.argmax(0)[:300, :513].numpy()
     assert (labels_from_logits(logits, 513, 300, 513) == reference).mean() > 0.9999
+
+
+@pytest.mark.parametrize("input_size, logits_hw, keep", [((513, 513), (33, 33), (375, 500)),
+                                                          ((361, 481), (23, 31), (361, 481)),
+                                                          ((321, 321), (21, 21), (200, 321))])
+def test_logits_shortcut_is_exact_on_smooth_quantized_logits(rng, input_size, logits_hw, keep):
+    # Real logits are smooth, with regions and boundaries, and uint8 (ties between classes at a corner):
+    # the case the candidate pruning works on. Any geometry, not only 513 -> 33.
+    coarse = rng.normal(size=(5, 5, 21)).astype(np.float32) * 4
+    smooth = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], size=logits_hw, mode="bilinear",
+                           align_corners=True)[0].permute(1, 2, 0).numpy()
+    logits = np.clip(np.round(smooth * 8 + 128), 0, 255).astype(np.uint8)
+    up = F.interpolate(torch.from_numpy(logits.astype(np.float32)).permute(2, 0, 1)[None], size=input_size,
+                       mode="bilinear", align_corners=True)[0]
+    reference = up.argmax(0)[:keep[0], :keep[1]].numpy()
+    assert (labels_from_logits(logits, input_size, *keep) == reference).mean() > 0.9999

@@ -68,13 +68,15 @@ def benchmark_file(
 
 def format_results(summaries: list[dict]) -> str:
     header = (f"{'file':<40} {'thr':>3} {'invoke med':>10} {'p90':>7} {'e2e med':>8} {'p90':>7}"
-              f" {'decode':>7} {'pre':>6} {'post':>6}")
+              f" {'decode':>7} {'pre':>6} {'post':>6} {'post/invoke':>11}")
     lines = [header]
     for s in summaries:
         lines.append(
             f"{Path(s['file']).name[:40]:<40} {s['threads'] or '-':>3} {s['invoke_median_ms']:>10.2f}"
             f" {s['invoke_p90_ms']:>7.2f} {s['e2e_median_ms']:>8.2f} {s['e2e_p90_ms']:>7.2f}"
             f" {s['decode_median_ms']:>7.2f} {s['preprocess_median_ms']:>6.2f} {s['postprocess_median_ms']:>6.2f}"
+            f" {s['postprocess_median_ms'] / s['invoke_median_ms']:>10.2f}x"
         )
-    note = "(ms; e2e = decode + preprocess + invoke + postprocess to a label map at the original size)"
+    note = ("(ms; e2e = decode + preprocess + invoke + postprocess to a label map at the original size; post/invoke: "
+            "the host tail against the invoke of the same file, the figure that carries over to other CPUs)")
     return "\n".join([*lines, note])

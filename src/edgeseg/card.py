@@ -1,9 +1,10 @@
 """The model card: every number measured from edgeseg's own exported files, on named data.
 
-For each model: count params and OPS from the torch model, export FP32, INT8 per-channel (CPUs, GPUs) and
-INT8 per-tensor (`--target imx8mp`, NPUs) .tflite files, evaluate them (and the official INT8 file, for
-reference) on the given split, check the per-tensor file's ops against the i.MX 8M Plus VX delegate's
-documented list, and draw per-class IoU and confusion charts.
+For each model: count params and OPS from the torch model, export FP32, INT8 per-channel (CPUs, GPUs),
+INT8 per-tensor (`--target imx8mp`, NPUs) and i.MX 93 (`--target imx93`) .tflite files, evaluate them (and
+the official INT8 file, for reference) on the given split, check the per-tensor file's ops against the
+i.MX 8M Plus VX delegate's documented list, compile the i.MX 93 file and the official one with Vela for the
+NPU's estimated cost, and draw per-class IoU and confusion charts.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from edgeseg.files import atomic_path, write_json
 from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
 from edgeseg.pipeline import input_hw
 from edgeseg.registry import ModelEntry
+from edgeseg.vela import IMX93_OPTIONS, VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
 
 COLUMNS = ("Model", "Architecture", "Backbone", "Training Dataset", "mIoU FP32", "mIoU INT8", "Input size",
-           "OPS", "Params", "FP32 Size", "INT8 Size", "Compatibility")
+           "OPS", "Params", "FP32 Size", "INT8 Size", "i.MX 93 NPU (Vela estimate)", "Compatibility")
 
 
 @dataclass
@@ -54,15 +56,21 @@ def measure(
     size = entry.preprocess.input_size
     ops = count_ops(item.model, size)
     files = {"fp32": out_dir / f"{entry.name}_fp32.tflite", "int8": out_dir / f"{entry.name}_int8.tflite",
-             "int8_per_tensor": out_dir / f"{entry.name}_imx8mp.tflite"}
+             "int8_per_tensor": out_dir / f"{entry.name}_imx8mp.tflite",
+             "imx93": out_dir / f"{entry.name}_imx93.tflite"}
     frames = {"input_size": size, "upscale": entry.preprocess.upscale}
     calibrated = {**frames, "calib_root": calib_root, "calib_count": calib_count}
     qat_file = item.official_tflite if entry.per_tensor_activations == "qat" else None
     variants = {"fp32": ExportOptions(precision="fp32", **frames),
                 "int8": ExportOptions(precision="int8", **calibrated),
-                "int8_per_tensor": ExportOptions(target="imx8mp", qat_file=qat_file, **calibrated)}
+                "int8_per_tensor": ExportOptions(target="imx8mp", qat_file=qat_file, **calibrated),
+                "imx93": ExportOptions(target="imx93", qat_file=qat_file, **calibrated)}
+    if not vela_available():
+        print("warning: Vela is not installed (pip install 'edgeseg[npu]'): no i.MX 93 file or estimate",
+              file=sys.stderr)
+        del files["imx93"]
     for key, path in files.items():
-        if not (reuse_exports and path.is_file()):
+        if not (reuse_exports and path.is_file() and (key != "imx93" or compiled_path(path).is_file())):
             export_tflite(item.model, entry.class_names, path, variants[key])
     class_names, wrap = entry.class_names, (lambda runtime: runtime)
     if class_map is not None:
@@ -77,6 +85,8 @@ def measure(
         key: evaluate(wrap(open_runtime(path, "litert", threads=threads)), dataset, class_names)
         for key, path in files.items()}
     int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
+    # Vela is deterministic: compiling again costs seconds and gives the export's own estimate.
+    vela = {key: compile_for_ethos_u(files[key]).as_dict() for key in ("imx93", "official_int8") if key in files}
     return {
         "name": entry.name,
         "params": count_params(item.model),
@@ -91,6 +101,8 @@ def measure(
         "int8_float_compute_ops": int8_report["float_compute_ops"] + npu_report["float_compute_ops"],
         "int8_per_tensor_ops": npu_report["ops"],
         "vx_unsupported_ops": unsupported_ops(npu_report["ops"]),
+        "vela": vela,
+        "imx93_output": inspect_tflite(files["imx93"])["output"]["shape"] if "imx93" in files else None,
         "calibration": {"split": "train", "count": calib_count, "reused_exports": reuse_exports},
         "files": {k: str(v) for k, v in files.items()},
         "class_names": list(class_names),
@@ -111,9 +123,29 @@ def card_row(entry: ModelEntry, facts: dict) -> list[str]:
         "(NPU, `--target imx8mp`)",
         f"{height}x{width}x3", f"{facts['ops']['total'] / 1e9:.2f} G", f"{facts['params'] / 1e6:.2f} M",
         _mb(facts["fp32_bytes"]), f"{_mb(facts['int8_bytes'])} / {_mb(facts['int8_per_tensor_bytes'])}",
+        _npu_cell(facts),
         f"LiteRT CPU x86-64 (XNNPACK): FP32 and both INT8 files run and evaluated; {vx} ({VX_DELEGATE_SOURCE}; "
         "not run on the board)",
     ]
+
+
+def _npu_cell(facts: dict) -> str:
+    """The i.MX 93 column: Vela's NPU time for the `--target imx93` file, what the CPU is left, its mIoU."""
+    vela = facts.get("vela", {}).get("imx93")
+    if vela is None:
+        return "- (Vela not installed)"
+    cpu = ", ".join(vela["cpu_ops"]) if vela["cpu_ops"] else "0 ops on the CPU"
+    _, height, width, classes = facts["imx93_output"]
+    return (f"{vela['npu_ms']:.1f} ms (`--target imx93`), {cpu}; host: exact upsample + argmax of the "
+            f"{height}x{width}x{classes} logits; mIoU {facts['miou']['imx93']:.2f}")
+
+
+def _official_npu(fact: dict) -> str:
+    vela = fact.get("vela", {}).get("official_int8")
+    if vela is None:
+        return "-"
+    cpu = ", ".join(vela["cpu_ops"]) or "none"
+    return f"{vela['npu_ms']:.1f} ms, on the CPU: {cpu}"
 
 
 def _input_handling(entries: list[ModelEntry]) -> str:
@@ -133,16 +165,18 @@ def markdown(entries: list[ModelEntry], facts: list[dict], data: str) -> str:
     """Returns the card as Markdown: the seed table, then published vs measured reference numbers."""
     lines = [f"mIoU measured on {data}, DeepLab preprocessing ({_input_handling(entries)}), "
              "one confusion matrix over the split. OPS = 2 x conv/depthwise MACs + bias, residual and pool adds "
-             "(final upsample and argmax excluded). Params: batch norm folded into the convs.", "",
+             "(final upsample and argmax excluded). Params: batch norm folded into the convs. i.MX 93: Vela "
+             f"{VELA_VERSION}'s estimate at 1 GHz, reproduced by `vela {' '.join(IMX93_OPTIONS)} FILE.tflite`.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(card_row(e, f)) + " |" for e, f in zip(entries, facts)]
     lines += ["", f"Reference: the official INT8 file on the same data ({data}), and the figures published for "
               "each model on its own data:", "",
-              "| Model | official INT8 .tflite, measured | published FP32 | published 8-bit | published on |",
-              "| --- | --- | --- | --- | --- |"]
+              "| Model | official INT8 .tflite, measured | official file on the i.MX 93 NPU (Vela) | published FP32 "
+              "| published 8-bit | published on |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for entry, fact in zip(entries, facts):
         official = fact["miou"].get("official_int8")
-        lines.append(f"| {entry.name} | {'-' if official is None else f'{official:.2f}'} | "
+        lines.append(f"| {entry.name} | {'-' if official is None else f'{official:.2f}'} | {_official_npu(fact)} | "
                      f"{entry.published.get('miou_fp32', '-')} | {entry.published.get('miou_int8', '-')} | "
                      f"{entry.published_on if entry.published else '-'} |")
     for fact in facts:

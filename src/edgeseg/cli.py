@@ -363,6 +363,9 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     if args.json:
         check_output_file(args.json)
+    if args.vela:
+        _benchmark_vela(args.files, args.json)
+        return
     load_image(args.image)  # a bad image fails here, before any model is loaded
     summaries = []
     for path in args.files:
@@ -373,6 +376,21 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(format_results(summaries))
     if args.json:
         write_json(args.json, summaries)
+
+
+def _benchmark_vela(files: list[Path], json_path: Path | None) -> None:
+    """Vela's i.MX 93 estimate of each file, in place of LiteRT timings on this CPU."""
+    from edgeseg.files import write_json
+    from edgeseg.vela import compile_for_ethos_u
+
+    estimates = []
+    for path in files:
+        estimate = compile_for_ethos_u(path)
+        print(f"{path}: {estimate.summary()}")
+        print(f"  reproduce: {estimate.command}")
+        estimates.append(estimate.as_dict())
+    if json_path:
+        write_json(json_path, estimates)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=positive_int, metavar="N", default=30, help="timed passes per file and thread count")
     p.add_argument("--warmup", type=int_in(0, 1000), metavar="N", default=5, help="untimed passes before them")
     p.add_argument("--delegate", type=Path, help="external delegate library, e.g. /usr/lib/libvx_delegate.so")
+    p.add_argument("--vela", action="store_true",
+                   help="print Arm Vela's estimate for the i.MX 93 NPU (NXP's settings: NPU ms, SRAM, DRAM, ops left "
+                        "on the CPU) instead of timing LiteRT on this CPU (extra npu)")
     p.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE,
                    help="image for the end-to-end pipeline (default: a VOC-sized 500x375 photo)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")

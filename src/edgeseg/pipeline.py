@@ -186,26 +186,59 @@ def align_corners_taps(out_size: int, in_size: int, keep: int) -> tuple[np.ndarr
 def labels_from_logits(logits: np.ndarray, input_size: Size, height: int, width: int) -> np.ndarray:
     """Returns argmax labels (height, width) of (h, w, C) logits resized to input_size with align_corners.
 
-    Exact, but cheap: a pixel whose four source corners share one argmax takes that class, because
-    every difference of two classes is bilinear inside a cell and so keeps the sign it has at all four
-    corners. Only pixels in cells with mixed corners are interpolated. The padding is never computed.
+    Exact, but cheap: every difference of two classes is bilinear inside a cell, so it keeps the sign it
+    has at all four corners. A cell whose corners share one argmax takes that class; in the other cells a
+    class that some corner's winner beats at all four corners cannot win either, so only the remaining
+    candidates (two or three of 21, typically) are interpolated. The padding is never computed.
     """
     values = logits.astype(np.float32, copy=False)
+    rows, cols, _ = values.shape
     input_height, input_width = input_hw(input_size)
-    row_lo, row_hi, row_w = align_corners_taps(input_height, logits.shape[0], height)
-    col_lo, col_hi, col_w = align_corners_taps(input_width, logits.shape[1], width)
-    coarse = values.argmax(axis=-1).astype(np.uint8)
-    # mixed[i, j]: the cell between source rows i, i+1 and columns j, j+1 has corners of different classes.
-    padded = np.pad(coarse, ((0, 1), (0, 1)), mode="edge")
-    mixed = (padded[:-1, :-1] != padded[1:, :-1]) | (padded[:-1, :-1] != padded[:-1, 1:]) \
-        | (padded[:-1, :-1] != padded[1:, 1:])
-    labels = coarse[row_lo[:, None], col_lo[None, :]]
-    ys, xs = np.nonzero(mixed[row_lo[:, None], col_lo[None, :]])
-    wy, wx = row_w[ys, None], col_w[xs, None]
-    top = values[row_lo[ys], col_lo[xs]] * (1 - wx) + values[row_lo[ys], col_hi[xs]] * wx
-    bottom = values[row_hi[ys], col_lo[xs]] * (1 - wx) + values[row_hi[ys], col_hi[xs]] * wx
-    labels[ys, xs] = (top * (1 - wy) + bottom * wy).argmax(axis=-1)
+    row_lo, _, row_w = align_corners_taps(input_height, rows, height)
+    col_lo, _, col_w = align_corners_taps(input_width, cols, width)
+    coarse = values.argmax(axis=-1)
+    below, right = np.minimum(np.arange(rows) + 1, rows - 1), np.minimum(np.arange(cols) + 1, cols - 1)
+    # winners[i, j]: the argmax at the cell's corners (i, j), (i, j+1), (i+1, j), (i+1, j+1)
+    winners = np.stack([coarse, coarse[:, right], coarse[below], coarse[below][:, right]], axis=-1)
+    mixed = (winners != winners[..., :1]).any(axis=-1)
+    # pixels per source row and column: row_lo is non-decreasing, so each cell is a block of repeats
+    row_counts, col_counts = np.bincount(row_lo, minlength=rows), np.bincount(col_lo, minlength=cols)
+    labels = np.repeat(np.repeat(coarse.astype(np.uint8 if values.shape[2] <= 256 else np.int32), row_counts, 0),
+                       col_counts, 1)
+    cell_i, cell_j = np.nonzero(mixed)
+    if cell_i.size == 0:
+        return labels
+    corners = np.stack([values[cell_i, cell_j], values[cell_i, right[cell_j]], values[below[cell_i], cell_j],
+                        values[below[cell_i], right[cell_j]]], axis=1)  # (cells, 4, C)
+    classes, corners = _candidates(corners, winners[cell_i, cell_j])
+    cell_of = np.full((rows, cols), -1, dtype=np.intp)
+    cell_of[cell_i, cell_j] = np.arange(cell_i.size)
+    pixel_cell = np.repeat(np.repeat(cell_of, row_counts, 0), col_counts, 1)
+    ys, xs = np.nonzero(pixel_cell >= 0)
+    cells = pixel_cell[ys, xs]
+    wy, wx, v = row_w[ys, None], col_w[xs, None], corners[cells]
+    top = v[:, 0] * (1 - wx) + v[:, 1] * wx
+    bottom = v[:, 2] * (1 - wx) + v[:, 3] * wx
+    labels[ys, xs] = classes[cells, (top * (1 - wy) + bottom * wy).argmax(axis=-1)]
     return labels
+
+
+def _candidates(corners: np.ndarray, winners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For cells' corner logits (cells, 4, C) and corner winners (cells, 4): returns the classes that can win
+    somewhere in each cell (cells, K), in class order and padded with the first, and their corner logits
+    (cells, 4, K). Class k is out if a winner c beats it at all four corners, strictly or, where c < k, with
+    ties (argmax takes the lower index of equal values, everywhere in the cell alike)."""
+    num_classes = corners.shape[2]
+    winner_values = np.take_along_axis(corners, np.repeat(winners[:, None, :], 4, axis=1), axis=2)  # (cells, 4, 4)
+    above = winner_values[..., None] - corners[:, :, None, :]  # (cells, corner, winner, class)
+    index = np.arange(num_classes)
+    beaten = ((above > 0).all(axis=1) | ((above >= 0).all(axis=1) & (winners[..., None] < index))) \
+        & (winners[..., None] != index)
+    candidate = ~beaten.any(axis=1)  # (cells, C)
+    count = int(candidate.sum(axis=1).max())
+    classes = np.argsort(~candidate, axis=1, kind="stable")[:, :count]  # candidates first, in class order
+    classes = np.where(np.take_along_axis(candidate, classes, axis=1), classes, classes[:, :1])
+    return classes, np.take_along_axis(corners, np.repeat(classes[:, None, :], 4, axis=1), axis=2)
 
 
 def restore_size(labels: np.ndarray, height: int, width: int) -> np.ndarray:
