@@ -677,3 +677,24 @@ def test_a_run_removes_temp_files_of_a_killed_run(tmp_path):
         path.write_bytes(b"half a file")
     save_state(out / "state.pt", {"epoch": 1})
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
+
+
+# Round 3 (issue 20) --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["litert", "torch"])
+def test_one_segmenter_called_from_threads_gives_the_sequential_results(backend):
+    # A web server's worker threads share one Segmenter: every call must give its own image's labels, with
+    # no error, exactly as calls one after another do (LiteRT's interpreter holds one input and one output).
+    from concurrent.futures import ThreadPoolExecutor
+
+    import edgeseg
+
+    seg = edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", backend=backend)
+    images = [np.asarray(Image.open(VOC_ROOT / "JPEGImages" / f"{i}.jpg").convert("RGB")) for i in VAL_IDS]
+    images += [np.ascontiguousarray(image[::-1]) for image in images]  # four different images
+    sequential = [seg(image).labels for image in images]
+    calls = images * (4 if backend == "litert" else 1)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda image: seg(image).labels, calls))
+    for index, labels in enumerate(results):
+        assert np.array_equal(labels, sequential[index % len(images)])

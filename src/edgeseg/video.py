@@ -347,7 +347,7 @@ def segment_video(
     encoder = threading.Thread(target=encode, daemon=True)
     encoder.start()
     began = time.perf_counter()
-    has_steps = all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels"))
+    has_steps = all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels", "lock"))
     frames = video.frames(every=every, max_frames=max_frames)
     try:
         for index, pixels in frames:
@@ -355,12 +355,13 @@ def segment_video(
                 break
             t0 = time.perf_counter()
             fitted = fit_for(pixels, runtime)
-            if has_steps:  # LiteRT: time each step
-                runtime.set_input(fitted)
-                t1 = time.perf_counter()
-                runtime.invoke()
-                t2 = time.perf_counter()
-                labels = runtime.get_labels(*fitted.shape[:2])
+            if has_steps:  # LiteRT: time each step, holding the runtime against other threads' calls
+                with runtime.lock:
+                    runtime.set_input(fitted)
+                    t1 = time.perf_counter()
+                    runtime.invoke()
+                    t2 = time.perf_counter()
+                    labels = runtime.get_labels(*fitted.shape[:2])
             else:
                 t1 = time.perf_counter()
                 labels = runtime.predict(fitted)

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import importlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ class LiteRTRuntime:
         except (ValueError, RuntimeError) as exc:
             raise EdgesegError(f"{self.path}: LiteRT cannot load it ({str(exc).splitlines()[0]})") from None
         self.name = f"litert:{self.path.name}"
+        self.lock = threading.RLock()  # see set_input
         metadata = read_metadata(self.path)
         # A space-to-depth file (models/stem.py) takes 2x2 pixel blocks packed into 12 channels.
         self.packed = metadata.get(INPUT_LAYOUT_METADATA) == SPACE_TO_DEPTH_LAYOUT
@@ -197,8 +199,8 @@ class LiteRTRuntime:
             raise EdgesegError(f"{self.path}: not a segmentation model ({problem})")
         return inputs[0], outputs[0]
 
-    def set_input(self, pixels: np.ndarray) -> None:
-        """Writes uint8 RGB pixels (H, W, 3), scaled and padded, into the model's input tensor."""
+    def input_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Returns the model's input tensor (1, ...) for uint8 RGB pixels (H, W, 3): scaled, padded, packed."""
         height, width = pixels.shape[:2]
         if self.packed:  # the pad value is the scaled mean pixel, 0.0, as the stem conv's own padding
             image = pixels * np.float32(self._preprocess.scale) + np.float32(self._preprocess.offset) \
@@ -210,21 +212,40 @@ class LiteRTRuntime:
         else:
             batch = np.full((*self.input_size, 3), self._pad, dtype=self._dtype)
             batch[:height, :width] = self._lut[pixels]
-        self.interpreter.set_tensor(self._input["index"], batch[None])
+        return batch[None]
+
+    # One interpreter holds one input and one output: calls from several threads take `lock` from writing the
+    # input to copying the output, or one thread's invoke runs on another's input. The steps below are for a
+    # single caller that times them (the video pipeline holds `lock` around all three); `predict` is the
+    # thread-safe call, and prepares the input and runs the host tail outside the lock, so threads overlap.
+    def set_input(self, pixels: np.ndarray) -> None:
+        """Writes uint8 RGB pixels (H, W, 3), scaled and padded, into the model's input tensor."""
+        batch = self.input_batch(pixels)
+        with self.lock:
+            self.interpreter.set_tensor(self._input["index"], batch)
 
     def invoke(self) -> None:
-        self.interpreter.invoke()
+        with self.lock:
+            self.interpreter.invoke()
 
     def get_labels(self, height: int, width: int) -> np.ndarray:
         """Returns int labels for the top-left (height, width) region of the last invoke's output."""
-        out = self.interpreter.get_tensor(self._output["index"])[0]
+        with self.lock:
+            out = self.interpreter.get_tensor(self._output["index"])[0]  # a copy
+        return self.labels_from_output(out, height, width)
+
+    def labels_from_output(self, out: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The host tail: crop labels, or upsample and argmax logits, to the top-left (height, width)."""
         if not self.outputs_logits:
             return out[:height, :width]
         # Dequantizing is affine with a positive scale, so it cannot change the argmax: skip it.
         return labels_from_logits(out.astype(np.float32), self.input_size, height, width)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size."""
-        self.set_input(pixels)
-        self.invoke()
-        return self.get_labels(*pixels.shape[:2])
+        """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size. Thread-safe."""
+        batch = self.input_batch(pixels)
+        with self.lock:
+            self.interpreter.set_tensor(self._input["index"], batch)
+            self.interpreter.invoke()
+            out = self.interpreter.get_tensor(self._output["index"])[0]
+        return self.labels_from_output(out, *pixels.shape[:2])
