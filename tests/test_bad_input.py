@@ -698,3 +698,27 @@ def test_one_segmenter_called_from_threads_gives_the_sequential_results(backend)
         results = list(pool.map(lambda image: seg(image).labels, calls))
     for index, labels in enumerate(results):
         assert np.array_equal(labels, sequential[index % len(images)])
+
+
+def test_a_run_folder_is_locked_for_the_whole_run(train_data, tmp_path, capfd):
+    # Two runs into one folder (or a --resume of a run still training) would mix config.json and state.pt.
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from edgeseg.training.checkpoints import run_folder_lock\n"
+         "with run_folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        code, _, err = run(_train_args(train_data, out), capfd)
+        assert_one_line_error(code, err, f"{out} is in use by another training run (pid {holder.pid})")
+        assert not (out / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # A holder killed with SIGKILL leaves its lock file but not its lock; a run that never reached its first
+    # checkpoint still blocks the folder, by name.
+    (out / "config.json").write_text("{}")
+    code, _, err = run(_train_args(train_data, out), capfd)
+    assert_one_line_error(code, err, "stopped before its first checkpoint")

@@ -6,8 +6,11 @@ Its model is the training model (batch norm in place); the .safetensors checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,39 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_path
 
 STATE_FORMAT = 2  # 2: batch norm in the model and a PolynomialLR scheduler state
+LOCK_NAME = ".edgeseg-run.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the run folder `out` (created if missing) for a whole run: a second run, or
+    a --resume of a run still training, fails at once instead of mixing its files with this one's.
+
+    The lock is the kernel's (flock): a run that dies, even by SIGKILL, releases it, so a stale lock file
+    never blocks. The file holds the holder's pid, for the message.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise EdgesegError(f"cannot lock the run folder {out} ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise EdgesegError(f"{out} is in use by another training run (pid {holder}); wait for it to end, "
+                               "or pick another -o/--output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_json(path: Path, data: object) -> None:

@@ -9,6 +9,7 @@ a DDP run computes the same updates as one process (up to float summation order)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -31,6 +32,7 @@ from edgeseg.training.checkpoints import (
     load_state,
     read_log,
     rng_state,
+    run_folder_lock,
     save_state,
     set_rng_state,
     write_json,
@@ -112,15 +114,20 @@ def run_training(config: TrainConfig, *, resume: bool = False, dist: Dist | None
     deterministic = torch.are_deterministic_algorithms_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
-        run = _prepare(config, resume=resume, dist=dist or Dist(), progress=progress, baseline=baseline)
-        return _train(run, resume=resume, workers=workers, stop_after_epoch=stop_after_epoch, baseline=baseline)
+        with contextlib.ExitStack() as hold:
+            run = _prepare(config, resume=resume, dist=dist or Dist(), progress=progress, baseline=baseline,
+                           hold=hold)
+            return _train(run, resume=resume, workers=workers, stop_after_epoch=stop_after_epoch,
+                          baseline=baseline)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, baseline: bool) -> Run:
-    """Checks the data in full and the run folder, before any training."""
+def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, baseline: bool,
+             hold: contextlib.ExitStack) -> Run:
+    """Checks the data in full and the run folder, before any training; the main process locks the run folder
+    for as long as `hold` is open."""
     names = config.class_names
     lut = label_lut(config.label_map, names)
     source_labels = len(VOC_CLASSES) if lut is not None else len(names)
@@ -143,8 +150,6 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
                            f"fewer than --batch-size {config.batch_size}")
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
-    if not resume and (out / "state.pt").exists():
-        raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another -o/--output")
     if baseline and lut is None and set(source_classes(base_entry.class_names, names)) != set(names):
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
     if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):
@@ -152,10 +157,23 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
                            "predictions cannot be scored on these labels")
     if dist.is_main:
         ensure_writable_dir(out)
+        hold.enter_context(run_folder_lock(out))
+        _check_run_folder(out, resume)
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
     return Run(config, dist, out, entry, train_set, val_set, steps_per_epoch, show, zoo_base(start), start,
                _loss_weights(config, train_set, dist.is_main), _teacher(config, train_set, out, dist, show))
+
+
+def _check_run_folder(out: Path, resume: bool) -> None:
+    """A new run needs a folder without a run in it (config.json is written before the first step)."""
+    if resume:
+        return
+    if (out / "state.pt").exists():
+        raise EdgesegError(f"{out} already holds a run; resume it with --resume {out}, or pick another -o/--output")
+    if (out / "config.json").exists():
+        raise EdgesegError(f"{out} holds a run that stopped before its first checkpoint (config.json, no state.pt); "
+                           "delete the folder or pick another -o/--output")
 
 
 def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -> torch.Tensor | None:
