@@ -722,3 +722,91 @@ def test_a_run_folder_is_locked_for_the_whole_run(train_data, tmp_path, capfd):
     (out / "config.json").write_text("{}")
     code, _, err = run(_train_args(train_data, out), capfd)
     assert_one_line_error(code, err, "stopped before its first checkpoint")
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real .tflite files that are not segmentation models edgeseg can run: a float [1, H, W] map (depth,
+    saliency) and 300-class logits."""
+    import litert_torch
+    import torch
+
+    class Depth(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=-1)
+
+    class Logits300(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 300, 1)
+
+        def forward(self, x):
+            return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    out = tmp_path_factory.mktemp("odd")
+    paths = {}
+    for name, model in {"depth": Depth(), "classes300": Logits300()}.items():
+        paths[name] = out / f"{name}.tflite"
+        litert_torch.convert(model.eval(), (torch.zeros(1, 33, 33, 3),)).export(str(paths[name]))
+    return paths
+
+
+@pytest.mark.parametrize("name, needle", [("depth", "is not a label map"), ("classes300", "at most 255")])
+def test_models_whose_output_is_not_labels_edgeseg_can_hold_are_refused(odd_models, name, needle, capfd):
+    code, out, err = run(["predict", PHOTO, "--tflite", odd_models[name], "-o", "out"], capfd)
+    assert_one_line_error(code, err, needle)
+    assert not Path("out").exists()
+
+
+def test_labels_beyond_8_bits_are_refused_not_wrapped():
+    from edgeseg.pipeline import restore_size
+
+    with pytest.raises(EdgesegError, match="predicted class 280"):
+        restore_size(np.full((4, 4), 280, np.int64), 8, 8)
+    assert restore_size(np.full((4, 4), 20, np.int64), 4, 4).dtype == np.uint8
+
+
+@pytest.mark.parametrize("bad, needle", [(np.zeros((5, 0), np.uint8), "empty image"),
+                                         (np.zeros((0, 5, 3), np.uint8), "empty image")])
+def test_empty_arrays_are_one_error(bad, needle):
+    import edgeseg
+
+    with pytest.raises(EdgesegError, match=needle):
+        edgeseg.Segmenter()(bad)
+
+
+@pytest.mark.parametrize("threads", ["2", 2.0, True, 0])
+def test_segmenter_threads_must_be_a_whole_number(threads):
+    import edgeseg
+
+    with pytest.raises(EdgesegError, match="threads must be a whole number"):
+        edgeseg.Segmenter(threads=threads)
+
+
+@pytest.mark.parametrize("classes, needle", [("3.0", "a class count is a whole number"), ("300", "at most 255")])
+def test_train_class_counts_name_the_real_problem(classes, needle, train_data, tmp_path, capfd):
+    code, _, err = run([*_train_args(train_data, tmp_path / "run"), "--classes", classes], capfd)
+    assert_one_line_error(code, err, needle)
+
+
+def test_a_class_map_with_a_string_of_classes_is_refused(tmp_path, capfd):
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"dataset_classes": "road", "mapping": {"road": "road"}}))
+    code, _, err = run(["evaluate", "--data", VOC_ROOT, "--limit", 1, "--class-map", bad], capfd)
+    assert_one_line_error(code, err, "dataset_classes must be a list")
+
+
+def test_evaluate_refuses_a_model_of_other_classes(tmp_path, capfd):
+    # The Cityscapes model on VOC data: 19 classes against VOC's 21, an error naming both, not a score.
+    code, _, err = run(["evaluate", "--data", VOC_ROOT, "--limit", 1, "--model",
+                        "deeplab_edgetpu_slim_cityscapes"], capfd)
+    assert_one_line_error(code, err, "the data's 21 classes", "model's 19", "--class-map")
+    # A folder that lists its classes in classes.txt is checked the same way (the VOC model on road scenes).
+    data = tmp_path / "roads"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.open(PHOTO).save(data / "images" / "a.jpg")
+    Image.fromarray(np.zeros((375, 500), np.uint8)).save(data / "masks" / "a.png")
+    (data / "classes.txt").write_text("road\nsky\ncar\n")
+    code, _, err = run(["evaluate", "--data", data, "--split", "all"], capfd)
+    assert_one_line_error(code, err, "the data's 3 classes (road, sky, car)")

@@ -17,6 +17,7 @@ import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,8 @@ def as_rgb(image: ImageLike, *, bgr: bool = False) -> np.ndarray:
         raise EdgesegError(f"got a {image.dtype} array; pass uint8 pixels 0..255 (e.g. x >> 8 for 16-bit)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
+    if image.ndim in (2, 3) and min(image.shape[:2]) < 1:
+        raise EdgesegError(f"got an empty image: shape {image.shape}")
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
@@ -156,8 +159,8 @@ class Segmenter:
                  tflite: str | os.PathLike | None = None, backend: str | None = None,
                  threads: int | None = None, input_size: int | tuple[int, int] | None = None,
                  upscale: bool | None = None, delegate: str | os.PathLike | None = None) -> None:
-        if threads is not None and threads < 1:
-            raise EdgesegError(f"threads must be at least 1, got {threads}")
+        if threads is not None and (not isinstance(threads, Integral) or isinstance(threads, bool) or threads < 1):
+            raise EdgesegError(f"threads must be a whole number of at least 1, got {threads!r}")
         self.opened: OpenedModel = open_model(model, tflite=tflite, weights=weights, backend=backend,
                                               threads=threads, input_size=input_size, upscale=upscale,
                                               delegate=delegate)

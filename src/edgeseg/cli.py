@@ -99,7 +99,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from edgeseg.data import open_dataset, remap_for
+    from edgeseg.data import check_model_classes, open_dataset, remap_for
     from edgeseg.evaluate import evaluate, format_table
     from edgeseg.files import check_output_file, write_json
     from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
@@ -114,6 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         runtime = MappedRuntime(runtime, mapping_lut(mapping, class_names), len(mapping.dataset_classes))
         class_names = mapping.dataset_classes
     else:
+        check_model_classes(class_names, args.data)
         dataset = remap_for(dataset, class_names, args.data)
     result = evaluate(runtime, dataset, class_names, skip_bad=args.skip_bad)
     print(f"{opened.description} on {dataset.description}")

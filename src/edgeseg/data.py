@@ -253,6 +253,41 @@ class RemappedDataset:
         return image, (mask if self.lut is None else self.lut[mask])
 
 
+CLASS_LIST = "classes.txt"  # an images/ + masks/ folder may name its classes, one per line, index order
+
+
+def data_class_names(root: str | Path) -> tuple[str, ...] | None:
+    """The classes a dataset names: its classes.txt, else VOC's for a VOCdevkit folder, else None (unknown)."""
+    root = Path(root)
+    listed = root / CLASS_LIST
+    if listed.is_file():
+        try:
+            names = tuple(line.strip() for line in listed.read_text().splitlines() if line.strip())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgesegError(f"{listed}: cannot be read ({exc})") from None
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise EdgesegError(f"{listed}: expected at least 2 distinct class names, one per line")
+        return names
+    return VOC_CLASSES if (root / "ImageSets").is_dir() else None
+
+
+def check_model_classes(class_names: tuple[str, ...], root: str | Path) -> None:
+    """Raises unless the model's classes are the data's (or VOC classes that `remap_for` maps onto VOC data):
+    scoring one label set as another gives a number with no meaning, not an error, so it must not run."""
+    data_names = data_class_names(root)
+    if data_names is None or tuple(class_names) == data_names:
+        return
+    if data_names == VOC_CLASSES and resolve_label_map("auto", tuple(class_names), root) == "voc":
+        return
+
+    def preview(names: tuple[str, ...]) -> str:
+        return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+    raise EdgesegError(f"{root}: the data's {len(data_names)} classes ({preview(data_names)}) are not the model's "
+                       f"{len(class_names)} ({preview(tuple(class_names))}); score them through a mapping with "
+                       "--class-map NAME|FILE.json")
+
+
 def remap_for(dataset: SegmentationFolder, class_names: tuple[str, ...], root: str | Path):
     """Returns the dataset, with VOC masks remapped when a fine-tuned model predicts a subset of VOC classes."""
     lut = label_lut(resolve_label_map("auto", class_names, root), class_names)

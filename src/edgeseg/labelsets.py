@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.voc import IGNORE_INDEX, voc_palette
+from edgeseg.voc import IGNORE_INDEX, MAX_CLASSES, voc_palette
 
 # Cityscapes' 19 train ids, in order (road = 0 ... bicycle = 18), and its official colours.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -63,12 +63,17 @@ def load_mapping(spec: str | Path) -> ClassMapping:
                            "nor a JSON file")
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data["dataset_classes"], list):  # a string would be split into letters
+            raise TypeError("dataset_classes must be a list of names")
         mapping = ClassMapping(tuple(data["dataset_classes"]), dict(data["mapping"]))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise EdgesegError(f"{path}: not a class mapping file ({type(exc).__name__}: {exc}); expected "
                            '{"dataset_classes": [...], "mapping": {"model class": "dataset class"}}') from None
     if not all(isinstance(v, str) for v in (*mapping.dataset_classes, *mapping.pairs, *mapping.pairs.values())):
         raise EdgesegError(f"{path}: class names in a mapping must be strings")
+    if len(mapping.dataset_classes) > MAX_CLASSES:
+        raise EdgesegError(f"{path}: {len(mapping.dataset_classes)} dataset classes, at most {MAX_CLASSES} (label 255 "
+                           "means ignore)")
     return mapping
 
 

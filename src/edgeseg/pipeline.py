@@ -15,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgeseg.errors import EdgesegError
 from edgeseg.registry import Preprocess
+from edgeseg.voc import MAX_CLASSES
 
 DEEPLAB = Preprocess()
 Size = int | tuple[int, int]  # a square side, or (height, width)
@@ -243,6 +244,9 @@ def _candidates(corners: np.ndarray, winners: np.ndarray) -> tuple[np.ndarray, n
 
 def restore_size(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Returns uint8 labels at (height, width), nearest-neighbour, unchanged if already that size."""
+    if labels.dtype != np.uint8 and labels.size and (labels.max() >= 256 or labels.min() < 0):
+        raise EdgesegError(f"the model predicted class {int(labels.max() if labels.max() >= 256 else labels.min())}: "
+                           f"edgeseg handles classes 0..{MAX_CLASSES - 1} (labels are stored in 8 bits)")
     labels = labels.astype(np.uint8)
     if labels.shape == (height, width):
         return labels

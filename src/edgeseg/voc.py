@@ -7,6 +7,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 IGNORE_INDEX = 255
+# Labels are uint8 everywhere (palette PNGs, masks) and IGNORE_INDEX means "ignore": 255 classes at most.
+MAX_CLASSES = IGNORE_INDEX
 
 
 def voc_palette(num_colors: int = 256) -> np.ndarray:

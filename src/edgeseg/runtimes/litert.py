@@ -35,6 +35,7 @@ from edgeseg.tflite_file import (
     custom_codes,
     read_metadata,
 )
+from edgeseg.voc import MAX_CLASSES
 
 # LiteRT's own wheel first, else tflite_runtime: NXP's board images ship that one (built with their NPU
 # delegates) and not ai-edge-litert. Every on-device path gets its interpreter from here.
@@ -128,6 +129,9 @@ class LiteRTRuntime:
         self.input_size = self._image_size(metadata)
         self.outputs_logits = len(self._output["shape"]) == 4
         self.num_classes = int(self._output["shape"][-1]) if self.outputs_logits else 0
+        if self.num_classes > MAX_CLASSES:
+            raise EdgesegError(f"{self.path}: {self.num_classes} classes; edgeseg handles at most {MAX_CLASSES} "
+                               "(labels are stored in 8 bits, 255 means ignore)")
         self._dtype = np.dtype(self._input["dtype"])
         scale, zero_point = self._input["quantization"]
         if self._dtype in (np.uint8, np.int8):
@@ -186,7 +190,7 @@ class LiteRTRuntime:
         if len(inputs) != 1 or len(outputs) != 1:
             problem = f"{len(inputs)} inputs and {len(outputs)} outputs, expected 1 and 1"
         else:
-            shape, out_shape = list(inputs[0]["shape"]), list(outputs[0]["shape"])
+            shape, out_shape = [int(v) for v in inputs[0]["shape"]], [int(v) for v in outputs[0]["shape"]]
             channels = PACKED_CHANNELS if self.packed else 3
             if len(shape) != 4 or shape[0] != 1 or shape[3] != channels:
                 problem = f"input shape {shape}, expected [1, H, W, {channels}]"
@@ -195,6 +199,9 @@ class LiteRTRuntime:
                 or (len(out_shape) == 4 and out_shape[3] >= 2)
             ):
                 problem = f"output shape {out_shape}, expected [1, H, W] labels or [1, h, w, classes] logits"
+            elif len(out_shape) == 3 and not np.issubdtype(np.dtype(outputs[0]["dtype"]), np.integer):
+                # a depth or saliency map has this shape too: only integer maps are labels
+                problem = f"a {np.dtype(outputs[0]['dtype'])} [1, H, W] output is not a label map"
         if problem:
             raise EdgesegError(f"{self.path}: not a segmentation model ({problem})")
         return inputs[0], outputs[0]

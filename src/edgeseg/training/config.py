@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from edgeseg.data import resolve_label_map
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import input_hw, parse_size
 from edgeseg.registry import Preprocess
+from edgeseg.voc import MAX_CLASSES
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
 BN_MODES = ("auto", "frozen", "train")
@@ -98,10 +100,15 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
     if spec is None or not str(spec).strip():
         return entry.class_names
     spec = str(spec).strip()
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?|[+-]?\.\d+", spec) and not spec.isdigit():
+        raise EdgesegError(f"--classes {spec}: a class count is a whole number (or give names: 'background,cat')")
     if spec.isdigit():
         n = int(spec)
         if n < 2:
             raise EdgesegError(f"--classes {spec}: need at least 2 classes")
+        if n > MAX_CLASSES:
+            raise EdgesegError(f"--classes {spec}: at most {MAX_CLASSES} classes (label 255 means ignore, and labels "
+                               "are stored in 8 bits)")
         return entry.class_names if n == entry.num_classes else tuple(f"class_{i}" for i in range(n))
     names = tuple(name.strip() for name in spec.split(","))
     if any(not name for name in names):
@@ -110,6 +117,8 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
         raise EdgesegError(f"--classes {spec!r}: a class is named twice")
     if len(names) < 2:
         raise EdgesegError(f"--classes {spec!r}: need at least 2 classes")
+    if len(names) > MAX_CLASSES:
+        raise EdgesegError(f"--classes: {len(names)} names, at most {MAX_CLASSES} classes (label 255 means ignore)")
     return names
 
 
