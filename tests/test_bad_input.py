@@ -810,3 +810,30 @@ def test_evaluate_refuses_a_model_of_other_classes(tmp_path, capfd):
     (data / "classes.txt").write_text("road\nsky\ncar\n")
     code, _, err = run(["evaluate", "--data", data, "--split", "all"], capfd)
     assert_one_line_error(code, err, "the data's 3 classes (road, sky, car)")
+
+
+@pytest.mark.parametrize("case", ["folder_into_itself", "video_overlay_beside", "json_onto_photo"])
+def test_outputs_never_replace_an_input_of_the_run(case, tmp_path, capfd):
+    folder = tmp_path / "ip"
+    folder.mkdir()
+    shutil.copy(PHOTO, folder / "a.jpg")
+    if case == "folder_into_itself":  # the user's own a_labels.png beside a.jpg
+        shutil.copy(PHOTO, folder / "a_labels.png")
+        argv, kept = ["predict", folder, "-o", folder], folder / "a_labels.png"
+    elif case == "video_overlay_beside":
+        (folder / "v.mp4").write_bytes(b"user's video")
+        (folder / "v_overlay.mp4").write_bytes(b"user's own overlay")
+        argv, kept = ["predict", folder / "v.mp4", folder / "v_overlay.mp4", "-o", folder], folder / "v_overlay.mp4"
+    else:
+        argv, kept = ["predict", folder / "a.jpg", "-o", tmp_path / "out", "--json", folder / "a.jpg"], folder / "a.jpg"
+    before = kept.read_bytes()
+    code, _, err = run(argv, capfd)
+    assert_one_line_error(code, err, "is an input of this run")
+    assert kept.read_bytes() == before
+
+
+def test_standard_input_is_read_with_a_cap(tmp_path):
+    # `cat /dev/zero | edgeseg predict -` stops at the cap with one line, not a MemoryError.
+    result = subprocess.run(f"head -c {300 * 2**20} /dev/zero | {sys.executable} -m edgeseg.cli predict - -o "
+                            f"{tmp_path / 'out'}", shell=True, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "more than 256 MiB" in result.stderr and "Traceback" not in result.stderr

@@ -77,11 +77,12 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from edgeseg.api import Segmenter
     from edgeseg.files import check_output_file, ensure_writable_dir, removing_new_folders
-    from edgeseg.predict import Job, plan_jobs, run_predict
+    from edgeseg.predict import Job, check_no_input_overwritten, plan_jobs, run_predict
 
     if not args.inputs and args.camera is None:
         raise EdgesegError("nothing to segment: name images, folders or videos, or --camera N")
     jobs = plan_jobs(args.inputs, args.output, recursive=args.recursive)
+    check_no_input_overwritten(jobs, [args.json] if args.json else [])
     folders = [args.output, *(job.out_dir for job in jobs), *([args.json.parent] if args.json else [])]
     with removing_new_folders(folders):  # a failed predict leaves no empty folder it created
         if args.json:

@@ -37,6 +37,27 @@ class Job:
     camera: bool = False
 
 
+STDIN_LIMIT = 256 * 2**20  # bytes: larger than any photo, and a `cat /dev/zero` stops here, not at MemoryError
+
+
+def job_outputs(job: Job) -> list[Path]:
+    """The files and folders a job writes (a video's per-frame label folder included)."""
+    if is_video(Path(job.source)):
+        return [job.out_dir / f"{job.stem}_overlay.mp4", job.out_dir / f"{job.stem}_labels"]
+    return [job.out_dir / f"{job.stem}_labels.png", job.out_dir / f"{job.stem}_overlay.png"]
+
+
+def check_no_input_overwritten(jobs: list[Job], extra_outputs: list[Path] = ()) -> None:
+    """Raises if an output of the run would replace one of its inputs (e.g. `predict photos/ -o photos/` next to
+    a user's own `a_labels.png`, or `--json photo.jpg`): the input would be lost, and then segmented as a photo."""
+    inputs = {Path(job.source).resolve(): job.source for job in jobs if job.source != STDIN and not job.camera}
+    for output in [*(p for job in jobs for p in job_outputs(job)), *extra_outputs]:
+        source = inputs.get(Path(output).resolve())
+        if source is not None:
+            raise EdgesegError(f"{output} is an input of this run ({source}) and would be overwritten by an output; "
+                               "write the outputs elsewhere (-o DIR)")
+
+
 def plan_jobs(inputs: list[Path], out_dir: Path, *, recursive: bool = False) -> list[Job]:
     """Returns one job per image or video. A folder contributes its images and videos (its subfolders
     too with `recursive`), each written at its path relative to that folder under `out_dir`."""
@@ -75,7 +96,9 @@ def read_stdin_image() -> np.ndarray:
 
     from edgeseg.pipeline import to_rgb
 
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise EdgesegError(f"standard input: more than {STDIN_LIMIT // 2**20} MiB, not an image")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
