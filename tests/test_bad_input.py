@@ -837,3 +837,19 @@ def test_standard_input_is_read_with_a_cap(tmp_path):
     result = subprocess.run(f"head -c {300 * 2**20} /dev/zero | {sys.executable} -m edgeseg.cli predict - -o "
                             f"{tmp_path / 'out'}", shell=True, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "more than 256 MiB" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", [["--split", "val"], ["--calib-count", "3"], ["--weight-ranges", "minmax"]])
+def test_fp32_export_refuses_calibration_options_it_would_ignore(flag, tmp_path, capfd):
+    code, _, err = run(["export", "--precision", "fp32", *flag, "-o", tmp_path / "m.tflite"], capfd)
+    assert_one_line_error(code, err, flag[0], "int8 only")
+
+
+def test_card_rejects_a_malformed_class_map_before_any_export(tmp_path, capfd):
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"dataset_classes": ["road", "car"], "mapping": {"no such class": "road"}}))
+    out = tmp_path / "card"
+    code, _, err = run(["card", "--data", VOC_ROOT, "--model", "deeplab_edgetpu_slim_cityscapes", "--class-map", bad,
+                        "-o", out], capfd)
+    assert code == 2 and "Traceback" not in err
+    assert not list(out.glob("*.tflite"))

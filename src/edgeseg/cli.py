@@ -246,6 +246,12 @@ def cmd_card(args: argparse.Namespace) -> None:
         for name in names:
             model, entry = load_torch_model(argparse.Namespace(model=name, weights=None))
             items.append(CardModel(entry, model, official_tflite(get_entry(name).name)))
+    if args.class_map:  # a bad map fails now, not after minutes of exports
+        from edgeseg.labelsets import load_mapping, mapping_lut
+
+        mapping = load_mapping(args.class_map)
+        for item in items:
+            mapping_lut(mapping, item.entry.class_names)
     data = f"{dataset.description}, {len(dataset)} images"
     facts = []
     for item in items:
@@ -463,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "12 channels by the host (space-to-depth; faster on NPUs); default: the target's, else conv")
     p.add_argument("--granularity", choices=["per-channel", "per-tensor"],
                    help="weights: per-channel int8 (default; CPUs, GPUs) or per-tensor uint8 (NPUs)")
-    p.add_argument("--weight-ranges", choices=["mse", "minmax"], default="mse",
+    p.add_argument("--weight-ranges", choices=["mse", "minmax"], default=None,
                    help="weight scales: mse (re-quantizes QAT weights exactly; default) or minmax")
     p.add_argument("--activation-ranges", choices=["ema", "mse", "qat"],
                    help="activation ranges: ema (moving min/max), mse (least squared error), or qat (a zoo "
@@ -479,11 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "zoo; a checkpoint trained with --input-size brings its own)")
     add_data_arg(p, "calibration data (int8): a folder of images (no masks needed), a folder with images/, "
                     "or a VOCdevkit folder", old=("--calib-voc-root", "--calib-data"))
-    p.add_argument("--split", default="train", help="split of --data to calibrate on, where it has splits "
-                                                    "(val warns: its mIoU would no longer be independent)")
+    p.add_argument("--split", default=None, help="split of --data to calibrate on, where it has splits (default train; "
+                                                    "val warns: its mIoU would no longer be independent)")
     p.add_argument("--calib-split", dest="split", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
-    p.add_argument("--calib-count", type=positive_int, metavar="N", default=64,
-                   help="calibration images: the first N of the split or folder, sorted by name")
+    p.add_argument("--calib-count", type=positive_int, metavar="N", default=None,
+                   help="calibration images: the first N of the split or folder, sorted by name (default 64)")
     p.set_defaults(func=cmd_export)
 
     p = command("card", "measure and write the model card (mIoU FP32/INT8, OPS, params, sizes)")

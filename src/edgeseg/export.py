@@ -68,11 +68,11 @@ class ExportOptions:
     output: str | None = None  # the graph's tail; default: the target's (TARGET_TAILS), else argmax
     granularity: str | None = None  # default per-channel; int8 only
     calib_root: Path | None = None
-    calib_split: str = "train"
-    calib_count: int = 64
+    calib_split: str | None = None  # default train (int8 only)
+    calib_count: int | None = None  # default 64 (int8 only)
     input_size: Size = 513
     upscale: bool = False  # the model was trained on enlarged frames; recorded in the file, used in calibration
-    weight_ranges: str = "mse"  # weight scales: "mse" (exact QAT grids where they exist) or "minmax"
+    weight_ranges: str | None = None  # int8 weight scales: "mse" (default; exact QAT grids) or "minmax"
     activation_ranges: str | None = None  # "ema" (the quantizer's moving min/max) or "mse"; default by granularity
     target: str | None = None  # a TARGETS preset
     stem: str | None = None  # "space-to-depth": the host packs 2x2 pixel blocks (models/stem.py); default conv
@@ -100,11 +100,17 @@ class ExportOptions:
         if options.precision == "fp32":
             if options.input not in (None, "float32"):
                 raise EdgesegError(f"--input {options.input} needs --precision int8 (an FP32 model takes float32)")
-            if (options.granularity is not None or options.calib_root is not None or options.activation_ranges
-                    or options.bias_correction):
-                raise EdgesegError("--granularity, --activation-ranges, --bias-correction and --data (calibration) "
-                                   "apply to int8 only")
+            int8_only = {"granularity": options.granularity, "activation-ranges": options.activation_ranges,
+                         "bias-correction": options.bias_correction, "data": options.calib_root,
+                         "split": options.calib_split, "calib-count": options.calib_count,
+                         "weight-ranges": options.weight_ranges}
+            given = [f"--{flag}" for flag, value in int8_only.items() if value is not None]
+            if given:  # an FP32 export would ignore them silently
+                raise EdgesegError(f"{', '.join(given)} apply to int8 only (an FP32 export is not calibrated)")
             return replace(options, input="float32")
+        options = replace(options, calib_split=options.calib_split or "train",
+                          calib_count=64 if options.calib_count is None else options.calib_count,
+                          weight_ranges=options.weight_ranges or "mse")
         if options.calib_root is None:
             raise EdgesegError("INT8 export needs calibration images: --data DIR (a folder of images, "
                                "images/ + masks/, or a VOC folder)")
