@@ -6,7 +6,7 @@ file, both single-threaded on this CPU and interleaved so that they see the same
 over to a Cortex-A55, the milliseconds do not); and mIoU on --data.
 
     .venv/bin/python bench/npu_tails.py FILE.tflite [FILE.tflite ...] --data ../shared/voc/VOC2012 \
-        [--class-map cityscapes-to-camvid] [--runs 20] [--json docs/npu_tails.json]
+        [--class-map cityscapes-to-camvid --zoo-classes deeplab_edgetpu_slim_cityscapes] [--runs 20] [--json F]
 
 The files come from `edgeseg export` (docs/npu.md lists the commands) or the official zoo files.
 """
@@ -24,6 +24,8 @@ from edgeseg.backends import open_runtime, tflite_class_names
 from edgeseg.data import open_dataset
 from edgeseg.evaluate import evaluate
 from edgeseg.pipeline import fit_for, load_image, restore_size
+from edgeseg.registry import get_entry
+from edgeseg.tflite_file import CLASSES_METADATA, read_metadata
 from edgeseg.vela import compile_for_ethos_u
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset for mIoU")
     parser.add_argument("--split", default="val")
     parser.add_argument("--class-map", help="score the model's classes as the data's, e.g. cityscapes-to-camvid")
+    parser.add_argument("--zoo-classes", help="a zoo entry whose class names files without edgeseg metadata (the "
+                                              "official files) predict, e.g. deeplab_edgetpu_slim_cityscapes")
     parser.add_argument("--image", type=Path, default=DEFAULT_BENCH_IMAGE, help="frame for the host timing")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -67,6 +71,8 @@ def main() -> None:
         invoke_ms, tail_ms, ratio = host_ratio(path, args.image, args.runs)
         runtime = open_runtime(path, "litert", threads=2)
         names = tflite_class_names(path, runtime.num_classes)
+        if args.zoo_classes and not read_metadata(path).get(CLASSES_METADATA):
+            names = get_entry(args.zoo_classes).class_names
         dataset = open_dataset(args.data, args.split)
         if args.class_map:
             from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut

@@ -16,6 +16,7 @@ def test_export_sizes_match_the_zoo_metadata(dm05_exports):
     assert dm05_exports["fp32"].stat().st_size == entry.measured["fp32_bytes"]
     assert dm05_exports["int8"].stat().st_size == entry.measured["int8_bytes"]
     assert dm05_exports["imx8mp"].stat().st_size == entry.measured["int8_per_tensor_bytes"]
+    assert dm05_exports["imx93"].stat().st_size == entry.measured["imx93_bytes"]
 
 
 def test_vx_list_check():

@@ -180,3 +180,126 @@ def test_an_image_on_standard_input(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"garbage")))
     assert main(["predict", "-", "-o", str(tmp_path / "x")]) == 2
     assert "standard input: cannot read image (7 bytes, no known image format)" in capsys.readouterr().err
+
+
+# Reliability, round 3 ----------------------------------------------------------------------------------
+
+def _write_timed_clip(path: Path, frames: list[np.ndarray], times_ms: list[int], end_ms: int) -> None:
+    """A variable-frame-rate clip: frame i shown from times_ms[i] until the next one, the last until end_ms."""
+    ends = [*times_ms[1:], end_ms]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        stream.codec_context.time_base = Fraction(1, 1000)
+        durations = {}
+        for pixels, at, end in zip(frames, times_ms, ends):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, durations[at] = at, end - at
+            for packet in stream.encode(frame):
+                packet.duration = durations[packet.pts]
+                container.mux(packet)
+        for packet in stream.encode():
+            packet.duration = durations[packet.pts]
+            container.mux(packet)
+
+
+def _timing(path: Path) -> tuple[float, list[float]]:
+    """(duration in seconds, each frame's presentation time) as a player reads them."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        times = [float(frame.time) for frame in container.decode(stream)]
+        return float(stream.duration * stream.time_base), times
+
+
+@pytest.mark.parametrize("every, kept", [(1, [0, 1, 2, 3, 4, 5, 6, 7]), (3, [0, 3, 6])])
+def test_variable_frame_rate_keeps_each_frames_time(every, kept, camvid_frames, tmp_path, capsys):
+    # A 2.12 s clip of uneven frame times came out as 0.625 s at a constant 24 fps: now every overlay frame is
+    # shown when its source frame was, and the overlay lasts as long as the source (with --every too).
+    times_ms = [0, 40, 100, 400, 420, 1000, 1500, 2000]
+    clip = tmp_path / "vfr.mp4"
+    _write_timed_clip(clip, [f[::3, ::3] for f in camvid_frames[:8]], times_ms, 2120)
+    source_duration, source_times = _timing(clip)
+    assert abs(source_duration - 2.12) < 0.002 and source_times == pytest.approx([t / 1000 for t in times_ms])
+    assert main(["predict", str(clip), "-o", str(tmp_path / "out"), "--no-progress", "--every", str(every)]) == 0
+    duration, times = _timing(tmp_path / "out" / "vfr_overlay.mp4")
+    assert times == pytest.approx([source_times[i] for i in kept], abs=0.002)
+    assert duration == pytest.approx(source_duration, abs=0.002)
+
+
+def _split_clip(path: Path, degrees: float, hflip: bool = False) -> None:
+    """Two 96x64 frames, dark on the left, bright on the right, a red mark in the top-left corner, written
+    with a display matrix (PyAV: `degrees` counter-clockwise, then the mirror)."""
+    pixels = np.full((64, 96, 3), 40, np.uint8)
+    pixels[:, 48:] = 220
+    pixels[:8, :8] = (255, 0, 0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(degrees, hflip=hflip)
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# (display rotation, mirror) -> the overlay's shape, where the dark half goes, where the red mark goes
+ROTATIONS = [(-90, False, (96, 64), "top", "top right"),  # "rotate 90" (clockwise), as phones write it
+             (90, False, (96, 64), "bottom", "bottom left"), (180, False, (64, 96), "right", "bottom right"),
+             (0, True, (64, 96), "right", "top right")]
+
+
+@pytest.mark.parametrize("degrees, hflip, shape, dark, red", ROTATIONS)
+def test_display_rotation_is_applied(degrees, hflip, shape, dark, red, tmp_path, capsys):
+    # Phones store portrait video as landscape frames plus a display matrix: the overlay was sideways.
+    clip = tmp_path / "phone.mp4"
+    _split_clip(clip, degrees, hflip)
+    out = tmp_path / "out"
+    assert main(["predict", str(clip), "-o", str(out), "--no-progress", "--frame-labels"]) == 0
+    frames, _ = _read(out / "phone_overlay.mp4")
+    frame = frames[0].astype(int)
+    assert frame.shape == (*shape, 3)
+    assert np.asarray(Image.open(out / "phone_labels" / "000000.png")).shape == shape
+    grey, (h, w) = frame.mean(axis=2), shape
+    halves = {"top": grey[: h // 2], "bottom": grey[h // 2:], "left": grey[:, : w // 2], "right": grey[:, w // 2:]}
+    other = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}[dark]
+    assert halves[dark].mean() < 100 < halves[other].mean()  # dark stays dark where the display puts it
+    rows, cols = np.nonzero((frame[..., 0] > 150) & (frame[..., 1] < 100))
+    assert {"top": rows.mean() < h / 4, "bottom": rows.mean() > 3 * h / 4}[red.split()[0]]
+    assert {"left": cols.mean() < w / 4, "right": cols.mean() > 3 * w / 4}[red.split()[1]]
+    from edgeseg.video import open_video
+
+    with open_video(clip) as video:
+        assert (video.height, video.width) == shape  # the size reported is the one shown
+
+
+@pytest.mark.parametrize("gap", [0.01, 0.02, 0.05, 0.1, 0.2])
+def test_a_second_ctrl_c_still_leaves_a_playable_video_and_the_report(gap, camvid_frames, tmp_path):
+    # Two Ctrl-C 0.05 s apart left an unplayable .part.mp4 and label maps without their video, and no JSON.
+    import json
+    import signal
+    import subprocess
+    import time
+
+    clip = tmp_path / "long.mp4"
+    _write_clip(clip, [f[::2, ::2] for f in camvid_frames] * 5)  # 60 frames: seconds of work
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "predict", str(clip), "-o", str(out),
+                              "--threads", "2", "--frame-labels", "--no-progress", "--json", str(out / "r.json")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((out / "long_labels").glob("*.png"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and "Traceback" not in stderr and stderr.endswith("edgeseg: interrupted\n"), stderr
+    frames, _ = _read(out / "long_overlay.mp4")
+    report = json.loads((out / "r.json").read_text())["files"][0]
+    assert report["interrupted"] and report["frames"] == len(frames) and 3 <= len(frames) < 60
+    assert "interrupted: " in stdout and _no_leftovers(out)

@@ -181,7 +181,16 @@ class Segmenter:
     def stream(self, source: str | os.PathLike | int, *, every: int = 1, max_frames: int | None = None,
                ) -> Iterator[tuple[np.ndarray, Result]]:
         """Yields (RGB frame, Result) for a video file, a camera index (0 -> /dev/video0), a device path or
-        a stream URL, in order. Decoding runs in a background thread. Needs the `video` extra (PyAV)."""
+        a stream URL, in order: every `every`-th frame (a whole number >= 1), at most `max_frames` (None, or a
+        whole number >= 1) of them, turned upright as the video is displayed. Decoding runs in a background
+        thread. Needs the `video` extra (PyAV). Bad options raise here, not at the first frame."""
+        from edgeseg.video import check_frame_options
+
+        check_frame_options(every, max_frames)
+        return self._stream(source, every, max_frames)
+
+    def _stream(self, source: str | os.PathLike | int, every: int, max_frames: int | None,
+                ) -> Iterator[tuple[np.ndarray, Result]]:
         from edgeseg.video import open_video
 
         with open_video(source) as video:

@@ -7,13 +7,24 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeseg import __version__
-from edgeseg.backends import DEFAULT_MODEL, OpenedModel, torch_available
-from edgeseg.backends import tflite_class_names as tflite_class_names  # re-exported: old import path
 from edgeseg.compat import TARGETS
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import parse_size
+
+if TYPE_CHECKING:
+    from edgeseg.backends import OpenedModel
+
+# numpy, Pillow, LiteRT and the rest are imported where they are used, inside main(): importing this module
+# (what the `edgeseg` script does before it calls main) stays cheap, so a Ctrl-C while they load is one line too.
+
+
+def __getattr__(name: str):
+    if name == "tflite_class_names":  # re-exported: old import path
+        from edgeseg.backends import tflite_class_names
+
+        return tflite_class_names
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Optional packages, and the extra that installs each.
 EXTRAS = {"torch": "torch", "safetensors": "torch", "litert_torch": "export", "ai_edge_quantizer": "export",
@@ -21,9 +32,11 @@ EXTRAS = {"torch": "torch", "safetensors": "torch", "litert_torch": "export", "a
 DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 
-def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True,
-                    model_help: str = f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)") -> None:
+def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True, model_help: str | None = None) -> None:
     """Adds the mutually exclusive model sources: --model NAME, --weights CHECKPOINT (and --tflite FILE)."""
+    from edgeseg.backends import DEFAULT_MODEL
+
+    model_help = model_help or f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)"
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help=model_help)
     if tflite:
@@ -126,6 +139,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def load_torch_model(args: argparse.Namespace):
     """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT (see edgeseg.backends)."""
+    from edgeseg.backends import torch_available
+
     if not torch_available():
         raise EdgesegError("this command needs PyTorch: pip install 'edgeseg[export]'")
     from edgeseg.backends import load_torch_model as load
@@ -135,6 +150,7 @@ def load_torch_model(args: argparse.Namespace):
 
 def cmd_export(args: argparse.Namespace) -> None:
     from edgeseg.export import ExportOptions, export_tflite
+    from edgeseg.pipeline import parse_size
 
     preprocess = _model_preprocess(args)  # a checkpoint trained for another input size brings its own
     options = ExportOptions(
@@ -186,6 +202,7 @@ def _model_preprocess(args: argparse.Namespace):
         from edgeseg.zoo import checkpoint_entry
 
         return checkpoint_entry(args.weights).preprocess
+    from edgeseg.backends import DEFAULT_MODEL
     from edgeseg.registry import get_entry
 
     return get_entry(args.model or DEFAULT_MODEL).preprocess
@@ -196,6 +213,7 @@ def _qat_file(args: argparse.Namespace) -> Path | None:
     (`--activation-ranges qat`), or by default where the entry chose them for per-tensor files."""
     if args.activation_ranges not in (None, "qat") or getattr(args, "weights", None) is not None:
         return None
+    from edgeseg.backends import DEFAULT_MODEL
     from edgeseg.registry import get_entry
     from edgeseg.zoo import official_tflite
 
@@ -348,10 +366,21 @@ threads_int = int_in(1, 256)  # LiteRT segfaults on absurd thread counts
 
 def size_arg(text: str) -> tuple[int, int]:
     """argparse type for --input-size: N or HxW (see `parse_size`)."""
+    from edgeseg.pipeline import parse_size
+
     try:
         return parse_size(text)
     except EdgesegError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def camera_arg(text: str) -> str:
+    """argparse type for --camera: an index, a device path or a URL; an empty name is refused (it would be
+    read as the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the camera name is empty: give an index (0 = /dev/video0), a device path "
+                                         "or a stream URL")
+    return text
 
 
 def _thread_list(text: str) -> list[int]:
@@ -402,6 +431,8 @@ def _benchmark_vela(files: list[Path], json_path: Path | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgeseg import __version__
+
     parser = OneLineErrorParser(prog="edgeseg", description=__doc__, formatter_class=RawDefaultsFormatter)
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -427,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="folders: include their subfolders")
     p.add_argument("--json", type=Path, metavar="FILE",
                    help="also write per-file class shares, model and backend as JSON")
-    p.add_argument("--camera", metavar="N|DEVICE|URL",
+    p.add_argument("--camera", metavar="N|DEVICE|URL", type=camera_arg,
                    help="segment a camera (0 = /dev/video0, a device path or a stream URL) until Ctrl-C "
                         "or --max-frames; writes camera<N>_overlay.mp4")
     p.add_argument("--every", type=positive_int, default=1, help="videos: segment every N-th frame")
@@ -542,6 +573,26 @@ def _output_folders(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `edgeseg` command; returns its exit code: 0, 2 after an error, 130 after Ctrl-C.
+
+    Ctrl-C at any point, while the libraries load too, is the one line `edgeseg: interrupted` and exit code
+    130, never a traceback; after the first, further Ctrl-C wait for the cleanup it started (a video keeps
+    the frames done so far, the JSON report is written)."""
+    try:
+        from edgeseg.files import interrupts_held_after_first
+
+        with interrupts_held_after_first():
+            try:
+                return _main(argv)
+            except KeyboardInterrupt:
+                print("edgeseg: interrupted", file=sys.stderr)
+                return 130
+    except KeyboardInterrupt:  # before the handler was in place
+        print("edgeseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from edgeseg.files import removing_new_folders
     from edgeseg.logs import set_verbose
 
@@ -562,9 +613,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgeseg: error: `edgeseg {args.command}` needs {exc.name}: pip install 'edgeseg[{extra}]'",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edgeseg: interrupted", file=sys.stderr)
-        return 130
     except OSError as exc:  # e.g. a full disk or an unreadable file outside the places that say more
         where = f" {exc.filename}" if exc.filename else ""
         print(f"edgeseg: error: {exc.strerror or exc}{':' if where else ''}{where}", file=sys.stderr)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -193,3 +195,33 @@ def _nan_to_none(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_nan_to_none(v) for v in value]
     return value
+
+
+_HOLDING = {"active": False, "raised": False}  # the one SIGINT handler below is installed at a time
+
+
+def _first_interrupt_only(signum: int, frame: object) -> None:
+    if _HOLDING["raised"]:
+        return  # held: the cleanup that the first Ctrl-C started must run to its end
+    _HOLDING["raised"] = True
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_held_after_first() -> Iterator[None]:
+    """Inside the block the first Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and any later one is
+    ignored until the block ends, so the cleanup the first one starts (committing the playable video, writing
+    the JSON report) runs to its end: a second Ctrl-C 0.1 s after the first used to leave only a `.part` file.
+    Nested blocks share the outermost one. Does nothing outside the main thread (where Python cannot set
+    signal handlers) or where SIGINT already has a handler other than Python's default."""
+    if (_HOLDING["active"] or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    _HOLDING.update(active=True, raised=False)
+    previous = signal.signal(signal.SIGINT, _first_interrupt_only)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _HOLDING.update(active=False, raised=False)

@@ -77,8 +77,12 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 
     Wider greyscale is brought to 8 bits by its range, never guessed silently wrong: float (F) images
     with values in 0..1 are scaled by 255, those in 0..255 kept; integer ones above 255 are 16-bit
-    (divided by 257). NaN, infinity, negative values and anything beyond those ranges are refused.
+    (divided by 257). NaN, infinity, negative values and anything beyond those ranges are refused, and so is
+    a closed image (its pixels are gone).
     """
+    if _is_closed(img):  # Pillow's own error ("Operation on closed image") would surface as a mode problem
+        raise EdgesegError("the image is closed (Image.close() was called, or its `with Image.open(...)` block "
+                           "ended): segment it before it is closed, or pass img.copy()")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _wide_grey_to_rgb(img)
     try:
@@ -87,6 +91,14 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ValueError as exc:  # e.g. LAB or HSV, which Pillow cannot convert to RGB
         raise EdgesegError(f"image mode {img.mode} cannot be read as RGB ({exc})") from None
+
+
+def _is_closed(img: Image.Image) -> bool:
+    """True once Image.close() has run: Pillow then holds a DeferredError in place of the pixels."""
+    from PIL import _util
+
+    deferred = getattr(_util, "DeferredError", None)
+    return deferred is not None and any(isinstance(vars(img).get(name), deferred) for name in ("_im", "im"))
 
 
 def _wide_grey_to_rgb(img: Image.Image) -> np.ndarray:
@@ -168,8 +180,10 @@ def pack_space_to_depth(image: np.ndarray, input_size: tuple[int, int], fill: fl
     canvas = np.full((BLOCK * blocks_h, BLOCK * blocks_w, 3), fill, dtype=image.dtype)
     canvas[1:1 + height, 1:1 + width] = image
     packed = np.full((blocks_h, blocks_w, PACKED_CHANNELS), fill, dtype=image.dtype)
-    blocks = canvas.reshape(blocks_h, BLOCK, blocks_w, BLOCK, 3).transpose(0, 2, 1, 3, 4)
-    packed[..., :BLOCK * BLOCK * 3] = blocks.reshape(blocks_h, blocks_w, BLOCK * BLOCK * 3)
+    # one strided copy: the packed channels viewed as (row in block, column in block, colour)
+    pixels = packed[..., :BLOCK * BLOCK * 3].reshape(blocks_h, blocks_w, BLOCK, BLOCK, 3)
+    assert np.shares_memory(pixels, packed)  # a view, so the assignment below lands in `packed`
+    pixels[...] = canvas.reshape(blocks_h, BLOCK, blocks_w, BLOCK, 3).transpose(0, 2, 1, 3, 4)
     return packed
 
 

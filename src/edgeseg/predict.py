@@ -2,14 +2,16 @@
 
 Outputs, under the output folder (a folder input keeps its relative layout there):
 - an image gives `<stem>_labels.png` (palette PNG, values are class indices) and `<stem>_overlay.png`;
-- a video or camera gives `<stem>_overlay.mp4` (same size; the frame rate divided by `every`) and, with
-  `frame_labels`, `<stem>_labels/<frame>.png` for each segmented frame.
+- a video or camera gives `<stem>_overlay.mp4` (as shown: upright, the same size and the source's frame times,
+  those of the kept frames with `every`) and, with `frame_labels`, `<stem>_labels/<frame>.png` for each
+  segmented frame.
 Every file is written under a temp name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -69,8 +71,7 @@ def plan_jobs(inputs: list[Path], out_dir: Path, *, recursive: bool = False) -> 
         if not path.is_dir():
             jobs.append(Job(str(path), out_dir, path.stem))
             continue
-        pattern = "**/*" if recursive else "*"
-        found = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith(".")
+        found = sorted(p for p in folder_files(path, recursive=recursive) if not p.name.startswith(".")
                        and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
         if not found:
             where = "in it or its subfolders" if recursive else "in it (add --recursive for subfolders)"
@@ -84,6 +85,36 @@ def plan_jobs(inputs: list[Path], out_dir: Path, *, recursive: bool = False) -> 
                                f"({seen[key]} and {job.source})")
         seen[key] = job.source
     return jobs
+
+
+def folder_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """Returns the files in `folder` (with `recursive`, in its subfolders too, following symbolic links to
+    folders, each folder once per path so that a link back to a parent is no loop). A folder that cannot be
+    listed (permission denied) is an error naming it, before any work: skipping it would lose its images
+    without a word."""
+    files: list[Path] = []
+    pending: list[tuple[Path, frozenset[tuple[int, int]]]] = [(folder, frozenset())]
+    while pending:
+        current, parents = pending.pop()
+        try:
+            info = current.stat()
+            here = parents | {(info.st_dev, info.st_ino)}
+            with os.scandir(current) as entries:
+                listed = [(Path(entry.path), entry.is_dir(), entry.is_file()) for entry in entries]
+        except OSError as exc:
+            raise EdgesegError(f"{current}: cannot read this folder ({exc.strerror or exc}); "
+                               "fix its permissions or move it out of the input") from None
+        for path, is_dir, is_file in listed:
+            if is_file:
+                files.append(path)
+            elif is_dir and recursive:
+                try:
+                    info = path.stat()
+                except OSError:
+                    continue  # vanished since it was listed
+                if (info.st_dev, info.st_ino) not in here:  # a link to a folder above it would never end
+                    pending.append((path, here))
+    return files
 
 
 def _shares_text(shares: dict[str, float]) -> str:
@@ -175,13 +206,20 @@ class _Interrupted(KeyboardInterrupt):
 def run_predict(seg: Segmenter, jobs: list[Job], *, json_path: Path | None = None, every: int = 1,
                 max_frames: int | None = None, frame_labels: bool = False, progress: bool = True) -> None:
     """Runs every job; one bad input does not stop the others (it is reported and counted at the end)."""
+    from edgeseg.files import interrupts_held_after_first
+
+    with interrupts_held_after_first():  # after a first Ctrl-C, the video and the JSON report are still finished
+        _run_jobs(seg, jobs, json_path, every=every, max_frames=max_frames, frame_labels=frame_labels,
+                  progress=progress)
+
+
+def _run_jobs(seg: Segmenter, jobs: list[Job], json_path: Path | None, **options) -> None:
     records, failures = [], []
     try:
         for job in jobs:
             try:
                 if job.camera or is_video(job.source):
-                    records.append(predict_video(seg, job, every=every, max_frames=max_frames,
-                                                 frame_labels=frame_labels, progress=progress))
+                    records.append(predict_video(seg, job, **options))
                 else:
                     records.append(predict_image(seg, job))
             except EdgesegError as exc:

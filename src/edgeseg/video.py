@@ -2,22 +2,27 @@
 
 Three stages overlap: a decoder thread reads frames into a bounded queue, the calling thread runs the
 model, and an encoder thread blends and encodes the overlays. Queues are FIFO and there is one worker per
-stage, so frame order is kept; no frame is dropped unless `every` asks. The output is written to a temp
-name beside the target and renamed when complete: an error leaves nothing, Ctrl-C leaves a playable file
-with the frames encoded so far.
+stage, so frame order is kept; no frame is dropped unless `every` asks. Frames are turned upright as the
+container's display matrix says (a phone's "rotate 90"), and each keeps its presentation time: the overlay
+has the source's timing, variable frame rates included. The output is written to a temp name beside the
+target and renamed when complete: an error leaves nothing, Ctrl-C leaves a playable file with the frames
+encoded so far.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import re
+import struct
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,14 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".m
                             ".flv", ".3gp", ".ogv"})
 STAGES = ("decode", "preprocess", "invoke", "postprocess", "overlay", "encode")
 _DONE = object()  # end-of-stream marker in the queues
+MAX_TIME_BASE = 1_000_000  # finer source time bases are written at 1/90000 s (mp4 holds 32-bit frame durations)
+
+
+@dataclass(frozen=True)
+class _End:
+    """The decoder's last item before _DONE: where the last kept frame ends (seconds from the first frame)."""
+
+    at: Fraction | None
 
 
 def require_av():
@@ -48,7 +61,62 @@ def is_video(path: str | os.PathLike) -> bool:
 def camera_device(camera: str | int) -> str:
     """Returns the device for a camera index ("0" -> /dev/video0), or the path / URL unchanged."""
     text = str(camera)
+    if not text.strip():  # "" would be the current folder
+        raise EdgesegError("the camera name is empty: give an index (0 = /dev/video0), a device path or a "
+                           "stream URL")
     return f"/dev/video{text}" if text.isdigit() else text
+
+
+def check_frame_options(every: object, max_frames: object) -> None:
+    """Raises one line unless `every` is a whole number >= 1 and `max_frames` is None or one."""
+    for name, value in (("every", every), ("max_frames", max_frames)):
+        if value is None and name == "max_frames":
+            continue
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+            raise EdgesegError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def display_orientation(matrix: tuple[int, ...] | None) -> str:
+    """Returns how to turn a decoded frame upright for its display matrix (9 int32, 16.16 fixed point), as
+    FFmpeg's autorotate does: "", "clock", "cclock", "clock_flip", "cclock_flip", "hflip", "vflip" or
+    "hflip,vflip". Angles that are not a multiple of 90 degrees are left as decoded."""
+    if matrix is None:
+        return ""
+    scale = (math.hypot(matrix[0], matrix[3]), math.hypot(matrix[1], matrix[4]))
+    if not all(scale):
+        return ""
+    rotation = -math.degrees(math.atan2(matrix[1] / scale[1], matrix[0] / scale[0]))  # av_display_rotation_get
+    theta = -round(rotation)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        return "cclock_flip" if matrix[3] > 0 else "clock"
+    if abs(theta - 180) < 1:
+        return ",".join(name for name, flip in (("hflip", matrix[0] < 0), ("vflip", matrix[4] < 0)) if flip)
+    if abs(theta - 270) < 1:
+        return "clock_flip" if matrix[3] < 0 else "cclock"
+    return "vflip" if abs(theta) < 1 and matrix[4] < 0 else ""
+
+
+def turn_upright(pixels: np.ndarray, orientation: str) -> np.ndarray:
+    """Applies a `display_orientation` to (H, W, C) pixels."""
+    if orientation == "clock":
+        return np.ascontiguousarray(np.rot90(pixels, -1))
+    if orientation == "cclock":
+        return np.ascontiguousarray(np.rot90(pixels, 1))
+    if orientation == "cclock_flip":  # FFmpeg's transpose=cclock_flip: the transpose proper
+        return np.ascontiguousarray(pixels.transpose(1, 0, 2))
+    if orientation == "clock_flip":
+        return np.ascontiguousarray(np.rot90(pixels, -1)[::-1])
+    if "hflip" in orientation:
+        pixels = pixels[:, ::-1]
+    if "vflip" in orientation:
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    data = frame.side_data.get("DISPLAYMATRIX")
+    return struct.unpack("<9i", bytes(data)[:36]) if data is not None and len(bytes(data)) >= 36 else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -63,6 +131,8 @@ class VideoInput:
     def __init__(self, source: str | os.PathLike | int, *, camera: bool = False) -> None:
         av = require_av()
         self.camera = camera or isinstance(source, int) or str(source).startswith("/dev/video")
+        if not self.camera and not str(source).strip():  # "" would be the current folder
+            raise EdgesegError("the video path is empty")
         self.source = camera_device(source) if self.camera else str(source)
         options: dict = {}
         if self.camera and self.source.startswith("/dev/"):
@@ -91,8 +161,48 @@ class VideoInput:
             raise EdgesegError(f"{self.source}: cannot read the video's frame size (unsupported codec?)")
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         self.fps = Fraction(rate) if rate else Fraction(30)
+        self.time_base: Fraction | None = self.stream.time_base
         self.frame_count = int(self.stream.frames or 0)  # 0 when the container does not say
         self.decode_ms: list[float] = []
+        self.end_time: Fraction | None = None  # set when frames() has yielded the last frame it will
+        self._decoded = self.container.decode(self.stream)
+        self._first = self._peek()
+        # The first frame's display matrix says how the video is shown (a phone's "rotate 90"): frames are
+        # turned that way, and width and height are those shown.
+        self.orientation = display_orientation(_display_matrix(self._first))
+        if self.orientation in ("clock", "cclock", "clock_flip", "cclock_flip"):
+            self.width, self.height = self.height, self.width
+        self._start = self._time(self._first, None)
+
+    def _peek(self):
+        """Decodes the first frame (kept for frames()); a file with none is one line."""
+        av = require_av()
+        start = time.perf_counter()
+        try:
+            frame = next(self._decoded)
+        except StopIteration:
+            self.container.close()
+            raise EdgesegError(f"{self.source}: no frame could be decoded") from None
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self.container.close()
+            raise EdgesegError(f"{self.source}: cannot decode video ({_first_line(exc)})") from None
+        except BaseException:
+            self.container.close()
+            raise
+        self._first_ms = (time.perf_counter() - start) * 1000
+        return frame
+
+    def _time(self, frame, previous: Fraction | None) -> Fraction:
+        """The frame's presentation time in seconds (from its pts), or one nominal frame after `previous`."""
+        if frame.pts is not None and frame.time_base:
+            return frame.pts * Fraction(frame.time_base)
+        return Fraction(0) if previous is None else previous + 1 / self.fps
+
+    def _span(self, frame) -> Fraction:
+        """How long the frame is shown: its own duration, else one nominal frame."""
+        if frame.duration and frame.time_base:
+            return frame.duration * Fraction(frame.time_base)
+        return 1 / self.fps
 
     def __enter__(self) -> VideoInput:
         return self
@@ -112,10 +222,22 @@ class VideoInput:
         return total
 
     def frames(self, every: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields (frame index in the source, uint8 RGB (H, W, 3)): every `every`-th frame, at most
+        """Yields (frame index in the source, uint8 RGB (H, W, 3), upright): every `every`-th frame, at most
         `max_frames` of them. Decoding runs in a background thread, a few frames ahead."""
-        if every < 1:
-            raise EdgesegError(f"every must be at least 1, got {every}")
+        timed = self.timed_frames(every, max_frames)
+        try:
+            for index, _, pixels in timed:
+                yield index, pixels
+        finally:
+            timed.close()  # stops the decoder thread now, not when the generator is collected
+
+    def timed_frames(self, every: int = 1, max_frames: int | None = None,
+                     ) -> Iterator[tuple[int, Fraction, np.ndarray]]:
+        """As `frames`, with each frame's presentation time in seconds from the first frame:
+        (index, time, pixels). Once the last frame is yielded, `end_time` says when it ends: at the
+        next frame `every` would keep, or at the end of the stream."""
+        check_frame_options(every, max_frames)
+        self.end_time = None
         frames: queue.Queue = queue.Queue(maxsize=4)
         stop = threading.Event()
         worker = threading.Thread(target=self._decode, args=(frames, stop, every, max_frames), daemon=True)
@@ -125,6 +247,9 @@ class VideoInput:
                 item = frames.get()
                 if item is _DONE:
                     return
+                if isinstance(item, _End):
+                    self.end_time = item.at
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -137,26 +262,41 @@ class VideoInput:
                     pass
             worker.join()
 
+    def _frames(self) -> Iterator:
+        """The decoded frames: the one peeked at when the video was opened, then the rest."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._decoded
+
     def _decode(self, frames: queue.Queue, stop: threading.Event, every: int, max_frames: int | None) -> None:
         av = require_av()
-        kept = 0
+        kept, at, end = 0, None, None
         try:
             start = time.perf_counter()
-            for index, frame in enumerate(self.container.decode(self.stream)):
-                if stop.is_set() or (max_frames is not None and kept >= max_frames):
+            for index, frame in enumerate(self._frames()):
+                if stop.is_set():
                     break
+                at = self._time(frame, at)
+                end = at + self._span(frame)  # at the end of the stream, the last kept frame lasts until here
                 if index % every:
                     continue
-                pixels = frame.to_ndarray(format="rgb24")
-                self.decode_ms.append((time.perf_counter() - start) * 1000)
+                pixels = turn_upright(frame.to_ndarray(format="rgb24"), self.orientation)
+                elapsed = (time.perf_counter() - start) * 1000
+                self.decode_ms.append(elapsed + (self._first_ms if index == 0 else 0.0))
                 if pixels.shape[:2] != (self.height, self.width):
                     raise EdgesegError(f"{self.source}: frame {index} changes size to "
                                        f"{pixels.shape[1]}x{pixels.shape[0]}; expected {self.width}x{self.height}")
                 kept += 1
-                _put(frames, (index, pixels), stop)
+                _put(frames, (index, at - self._start, pixels), stop)
+                if max_frames is not None and kept >= max_frames:
+                    end = at + self._span(frame) * every  # where the next kept frame would start
+                    break
                 start = time.perf_counter()
             if kept == 0 and not stop.is_set():
                 raise EdgesegError(f"{self.source}: no frame could be decoded")
+            if not stop.is_set():
+                _put(frames, _End(None if end is None else end - self._start), stop)
         except EdgesegError as exc:
             _put(frames, exc, stop)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -184,11 +324,14 @@ def open_video(source: str | os.PathLike | int, *, camera: bool = False) -> Vide
 class VideoWriter:
     """Writes RGB frames to an H.264 .mp4 (yuv420p, playable anywhere) under a temp name.
 
-    `commit()` renames it to the target; `abort()` deletes it. Odd frame sizes are padded by one pixel
-    (H.264 4:2:0 needs even sides).
+    Each frame is shown at the time given to `write` (seconds; by default one 1/fps after the last), until
+    the next frame's, the last one until the `end` given to `commit`: a variable frame rate is kept.
+    `commit()` renames the file to the target; `abort()` deletes it. Odd frame sizes are padded by one pixel
+    (H.264 4:2:0 needs even sides). `time_base` is the unit of the written times (default: 1/fps).
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction) -> None:
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction,
+                 time_base: Fraction | None = None) -> None:
         from edgeseg.files import check_output_file
 
         av = require_av()
@@ -203,10 +346,19 @@ class VideoWriter:
         self.tmp = Path(tmp)
         self.frames_written = 0
         self.pad = (height % 2, width % 2)
+        self.fps = Fraction(fps)
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        limit = MAX_TIME_BASE if codec == "libx264" else 65535  # MPEG-4 part 2 allows no finer unit
+        time_base = Fraction(time_base) if time_base else 1 / self.fps
+        self.time_base = time_base if time_base.denominator <= limit else Fraction(1, min(90000, limit))
+        self._pending = None  # the last frame: encoded when the next one (or commit) says how long it lasts
+        self._durations: dict[int, int] = {}  # pts -> duration, for the packets the encoder gives back
+        self._last_duration: int | None = None
         try:
             self.container = av.open(str(self.tmp), mode="w", format="mp4")
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            self.stream = self.container.add_stream(codec, rate=fps)
+            # The rate is a hint for the encoder; each frame's own pts, in time_base, says when it is shown.
+            self.stream = self.container.add_stream(codec, rate=max(self.fps, Fraction(1, 1000)))
+            self.stream.codec_context.time_base = self.time_base
             self.stream.width, self.stream.height = width + self.pad[1], height + self.pad[0]
             self.stream.pix_fmt = "yuv420p"
             if codec == "libx264":
@@ -218,31 +370,56 @@ class VideoWriter:
             self.abort()
             raise EdgesegError(f"cannot write video {self.path} ({_first_line(exc)})") from None
 
-    def write(self, pixels: np.ndarray | Image.Image) -> None:
-        """Encodes one RGB frame: a uint8 array (H, W, 3) or a PIL RGB image."""
+    def write(self, pixels: np.ndarray | Image.Image, at: Fraction | float | None = None) -> None:
+        """Adds one RGB frame (a uint8 array (H, W, 3) or a PIL RGB image) shown from `at` seconds."""
         av = require_av()
         if isinstance(pixels, Image.Image):
             pixels = np.asarray(pixels)
         if any(self.pad):
             pixels = np.pad(pixels, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-        frame.pts = self.frames_written
+        if at is None:
+            at = self.frames_written / self.fps
+        frame.pts = round(Fraction(at) / self.time_base)
+        if self._pending is not None:
+            frame.pts = max(frame.pts, self._pending.pts + 1)  # strictly increasing, whatever the source says
+            self._encode(self._pending, frame.pts - self._pending.pts)
+        self._pending = frame
+        self.frames_written += 1
+
+    def _encode(self, frame, duration: int) -> None:
+        """Encodes a frame (None: flushes) and muxes the packets, each with its frame's duration (the last
+        frame's is the only one the mp4 cannot derive from the next frame's time)."""
+        av = require_av()
+        if frame is not None:
+            self._durations[frame.pts] = self._last_duration = duration
         try:
             for packet in self.stream.encode(frame):
+                if packet.pts is not None:
+                    packet.duration = self._durations.pop(packet.pts, packet.duration)
                 self.container.mux(packet)
         except (av.error.FFmpegError, OSError) as exc:
             raise EdgesegError(f"cannot write video {self.path} ({_first_line(exc)})") from None
-        self.frames_written += 1
 
-    def commit(self) -> Path:
-        """Flushes the encoder, closes the file and renames it to the target path."""
+    def commit(self, end: Fraction | float | None = None) -> Path:
+        """Encodes the last frame, shown until `end` seconds (default: as long as the frame before it, or
+        1/fps), flushes the encoder, closes the file and renames it to the target path."""
         av = require_av()
         try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
+            if self._pending is not None:
+                last, self._pending = self._pending, None
+                stop = round(Fraction(end) / self.time_base) if end is not None else None
+                if stop is None or stop <= last.pts:
+                    nominal = max(1, round(min(1 / self.fps, Fraction(1)) / self.time_base))
+                    stop = last.pts + (self._last_duration or nominal)
+                self._encode(last, stop - last.pts)
+            self._encode(None, 0)
             self.container.close()
             os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.path)
+        except EdgesegError:
+            self.abort()
+            raise
         except (av.error.FFmpegError, OSError) as exc:
             self.abort()
             raise EdgesegError(f"cannot write video {self.path} ({_first_line(exc)})") from None
@@ -306,18 +483,34 @@ def segment_video(
     video: VideoInput, runtime, output: str | os.PathLike, class_names: tuple[str, ...], *, every: int = 1,
     max_frames: int | None = None, progress: bool = True, on_frame: Callable[[int, np.ndarray], None] | None = None,
 ) -> VideoStats:
-    """Segments a video or camera stream and writes its overlay video to `output`, pipelined.
+    """Segments a video or camera stream and writes its overlay video to `output`, pipelined. Each overlay
+    frame keeps its source frame's presentation time, so the overlay lasts as long as the source (with
+    `every`, the kept frames keep theirs).
 
     On KeyboardInterrupt the frames already segmented are encoded and the file is committed (playable),
-    and stats.interrupted is set. Any error removes the partial file and raises EdgesegError.
+    and stats.interrupted is set; further Ctrl-C wait until that is done. Any error removes the partial
+    file and raises EdgesegError.
     """
+    from edgeseg.files import interrupts_held_after_first
+
+    check_frame_options(every, max_frames)
+    with interrupts_held_after_first():
+        writer = VideoWriter(output, video.width, video.height, video.fps / every, video.time_base)
+        try:
+            return _segment(video, runtime, writer, class_names, every, max_frames, progress, on_frame)
+        except BaseException:
+            writer.abort()  # nothing half-written (a no-op once committed)
+            raise
+
+
+def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple[str, ...], every: int,
+             max_frames: int | None, progress: bool, on_frame: Callable[[int, np.ndarray], None] | None,
+             ) -> VideoStats:
     from tqdm import tqdm
 
     from edgeseg.api import blend_image
     from edgeseg.pipeline import fit_for, restore_size
 
-    out_fps = video.fps / every
-    writer = VideoWriter(output, video.width, video.height, out_fps)
     stats = VideoStats(video.source, writer.path, 0, 0.0, {stage: [] for stage in STAGES})
     counts = np.zeros(256, dtype=np.int64)
     results: queue.Queue = queue.Queue(maxsize=4)
@@ -330,12 +523,12 @@ def segment_video(
                 return
             if failure:
                 continue  # keep draining so the producer never blocks
-            pixels, labels = item
+            pixels, labels, at = item
             try:
                 start = time.perf_counter()
                 blended = blend_image(pixels, labels, class_names=class_names)
                 mid = time.perf_counter()
-                writer.write(blended)
+                writer.write(blended, at)
                 stats.stage_ms["overlay"].append((mid - start) * 1000)
                 stats.stage_ms["encode"].append((time.perf_counter() - mid) * 1000)
                 bar.update(1)
@@ -348,9 +541,11 @@ def segment_video(
     encoder.start()
     began = time.perf_counter()
     has_steps = all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels", "lock"))
-    frames = video.frames(every=every, max_frames=max_frames)
+    frames = video.timed_frames(every=every, max_frames=max_frames)
+    times: list[Fraction] = []  # of the frames segmented: the one after the last encoded ends it
     try:
-        for index, pixels in frames:
+        for index, at, pixels in frames:
+            times.append(at)
             if failure:
                 break
             t0 = time.perf_counter()
@@ -374,7 +569,7 @@ def segment_video(
             counts += np.bincount(labels.reshape(-1), minlength=256)[:256]
             if on_frame is not None:
                 on_frame(index, labels)
-            results.put((pixels, labels))
+            results.put((pixels, labels, at))
             stats.frames += 1
     except KeyboardInterrupt:
         stats.interrupted = True
@@ -387,11 +582,7 @@ def segment_video(
     finally:
         frames.close()  # stops the decoder thread
     results.put(_DONE)
-    try:
-        encoder.join()
-    except KeyboardInterrupt:  # a second Ctrl-C while the last frames are encoded
-        stats.interrupted = True
-        encoder.join()
+    encoder.join()  # a second Ctrl-C waits (interrupts_held_after_first): the frames done so far are kept
     bar.close()
     stats.seconds = time.perf_counter() - began
     if failure:
@@ -404,7 +595,8 @@ def segment_video(
         if stats.interrupted:
             raise KeyboardInterrupt
         raise EdgesegError(f"{video.source}: no frame was segmented")
-    writer.commit()
+    # The last frame lasts until the next one decoded, or the end of the stream (or of its `every` frames).
+    writer.commit(times[stats.frames] if len(times) > stats.frames else video.end_time)
     stats.stage_ms["decode"] = list(video.decode_ms)
     total = counts.sum()
     names = list(class_names) + [f"class_{i}" for i in range(len(class_names), 256)]

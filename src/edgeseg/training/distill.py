@@ -35,9 +35,12 @@ CACHE_FORMAT = "1"  # bump when soft labels are computed differently: older cach
 
 def teacher_class_map(teacher: str, teacher_names: tuple[str, ...], names: tuple[str, ...],
                       label_map: str) -> torch.Tensor:
-    """Returns, for each teacher class, the run class its probability adds to; raises one line if none fits."""
+    """Returns, for each teacher class, the run class its probability adds to; raises one line if none fits.
+    The same classes in another order map by name."""
     if teacher_names == names:
         return torch.arange(len(names))
+    if sorted(teacher_names) == sorted(names) and len(set(names)) == len(names):
+        return torch.tensor([names.index(name) for name in teacher_names])
     if label_map == "voc" and teacher_names == VOC_CLASSES:  # e.g. person vs rest: the rest sums into 0
         return torch.from_numpy(label_lut("voc", names)[:len(VOC_CLASSES)].astype(np.int64))
     raise EdgesegError(f"--teacher {teacher}: predicts {','.join(teacher_names)}, not the run's classes "
