@@ -4,8 +4,8 @@ Separates an import error from quantization: the PyTorch FP32 import differs fro
 file by the file's 8-bit rounding, while an edgeseg per-tensor export of the same import, with the official
 file's learned activation ranges, should agree with it almost everywhere.
 
-    edgeseg export --model deeplab_edgetpu_slim_cityscapes --target imx8mp --activation-ranges qat \\
-        --data ../shared/camvid -o /tmp/edgetpu_qat.tflite
+    edgeseg export --model deeplab_edgetpu_slim_cityscapes --target imx8mp --output-kind argmax \\
+        --activation-ranges qat --data ../shared/camvid -o /tmp/edgetpu_qat.tflite
     .venv/bin/python bench/agreement.py --model deeplab_edgetpu_slim_cityscapes /tmp/edgetpu_qat.tflite
 """
 

@@ -40,7 +40,7 @@ def main() -> None:
         "edgeseg fp32": ExportOptions(precision="fp32"),
         "edgeseg int8": ExportOptions(precision="int8", calib_root=args.data),
         "edgeseg int8 logits": ExportOptions(precision="int8", output="logits", calib_root=args.data),
-        "edgeseg int8 imx8mp": ExportOptions(target="imx8mp", calib_root=args.data),
+        "edgeseg int8 imx8mp": ExportOptions(target="imx8mp", output="argmax", calib_root=args.data),
     }
     model = None
     for label, options in variants.items():

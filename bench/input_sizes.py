@@ -49,7 +49,7 @@ def main() -> None:
             size = parse_size(text)
             files[text] = Path(tmp) / f"{text}.tflite"
             export_tflite(model, entry.class_names, files[text],
-                          ExportOptions(target="imx8mp", calib_root=args.data, input_size=size))
+                          ExportOptions(target="imx8mp", output="argmax", calib_root=args.data, input_size=size))
             miou[text] = 100 * evaluate(LiteRTRuntime(files[text], num_threads=2), val, entry.class_names,
                                         progress=False).miou
         invoke = {text: [] for text in files}
