@@ -853,3 +853,161 @@ def test_card_rejects_a_malformed_class_map_before_any_export(tmp_path, capfd):
                         "-o", out], capfd)
     assert code == 2 and "Traceback" not in err
     assert not list(out.glob("*.tflite"))
+
+
+# Reliability, round 3: folders, Ctrl-C, wrong-cause messages ----------------------------------------------
+
+def _small_photo(path: Path) -> None:
+    Image.open(PHOTO).resize((64, 48)).save(path)
+
+
+def test_recursive_follows_symlinked_folders_and_stops_at_loops(predict, tmp_path):
+    # Path.glob("**/*") skipped symlinked subfolders: their images were left out without a word.
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (photos / "day").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (photos / "a.jpg", photos / "day" / "b.jpg", elsewhere / "c.jpg"):
+        _small_photo(path)
+    (photos / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (photos / "day" / "back").symlink_to(photos, target_is_directory=True)  # a loop: nothing new below it
+    code, _, err, out = predict(photos, "--recursive")
+    assert code == 0, err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_overlay.png")) == [
+        "a_overlay.png", "day/b_overlay.png", "linked/c_overlay.png"]
+
+
+@pytest.mark.parametrize("locked, recursive", [("photos/locked", True), ("photos", False)])
+def test_a_folder_that_cannot_be_read_is_one_line_before_any_work(locked, recursive, predict, tmp_path,
+                                                                   monkeypatch):
+    # An unreadable subfolder was skipped without a word (and an unreadable folder had "no images in it").
+    # Tests run as root, where chmod 000 denies nothing: os.scandir fails for that folder as for another user.
+    photos = tmp_path / "photos"
+    (photos / "locked").mkdir(parents=True)
+    _small_photo(photos / "a.jpg")
+    _small_photo(photos / "locked" / "b.jpg")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == tmp_path / locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, _, err, out = predict(photos, *(["--recursive"] if recursive else []))
+    assert_one_line_error(code, err, f"{tmp_path / locked}: cannot read this folder (Permission denied)")
+    assert not out.exists()
+
+
+def test_import_edgeseg_loads_nothing_heavy():
+    # So the command's Ctrl-C handling is in place before numpy, Pillow and LiteRT load (PEP 562 in __init__).
+    probe = subprocess.run([sys.executable, "-c", "import sys, edgeseg; print(sorted(m for m in ('numpy', 'PIL', "
+                            "'ai_edge_litert', 'torch') if m in sys.modules)); print(edgeseg.Segmenter.__name__)"],
+                           capture_output=True, text=True)
+    assert probe.stdout.split("\n")[:2] == ["[]", "Segmenter"], probe.stderr
+
+
+@pytest.mark.parametrize("when", ["while numpy loads", "after 1 s"])
+def test_ctrl_c_at_any_point_is_one_line(when, tmp_path):
+    # Ctrl-C in the first 0.2 s, while numpy, Pillow and LiteRT load, printed a traceback.
+    import time
+
+    child = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "predict", "-", "-o", str(tmp_path / "out")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if when == "after 1 s":  # by then reading the image on standard input, which never comes
+            time.sleep(1)
+        else:
+            maps, deadline = Path(f"/proc/{child.pid}/maps"), time.monotonic() + 30
+            while "numpy" not in maps.read_text() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert error_lines(err) == ["edgeseg: interrupted"], err
+    assert not (tmp_path / "out").exists()
+
+
+def _tiny_clip(path: Path, frames: int = 4) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            pixels = np.full((48, 64, 3), 40 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_every_beyond_the_clip_keeps_its_first_frame_for_the_whole_clip(predict, tmp_path):
+    # --every 10000000 was "cannot write video ... (invalid argument)": a frame rate of fps/every. Frames now keep
+    # their own times: the one frame kept is shown for the whole clip.
+    av = pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    _tiny_clip(clip)
+    code, _, err, out = predict(clip, "--every", "10000000", "--no-progress")
+    assert code == 0 and not error_lines(err), err
+    with av.open(str(out / "clip_overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert len(list(container.decode(stream))) == 1
+        assert float(stream.duration * stream.time_base) == pytest.approx(0.4, abs=0.01)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--camera", ""], ["--camera", "the camera name is empty"]),
+    (["--camera", " "], ["--camera", "the camera name is empty"]),
+    (["x.mp4", "--max-frames", "0"], ["--max-frames", "1..1000000000"]),
+])
+def test_video_options_say_what_is_wrong(argv, needles, capfd):
+    # `--camera ""` was ".: a folder, not a video" (the empty name read as the current folder).
+    code, _, err = run(["predict", *argv], capfd)
+    assert_one_line_error(code, err, *needles)
+    assert list(Path.cwd().iterdir()) == []
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"max_frames": 0}, "max_frames must be a whole number of at least 1, got 0"),
+    ({"max_frames": 2.5}, "max_frames must be a whole number of at least 1, got 2.5"),
+    ({"every": 0}, "every must be a whole number of at least 1, got 0"),
+])
+def test_stream_options_are_checked_when_called(options, needle):
+    # Segmenter.stream(src, max_frames=0) was "no frame could be decoded", at the first frame.
+    import edgeseg
+
+    seg = edgeseg.Segmenter()
+    with pytest.raises(EdgesegError, match=re.escape(needle)):
+        seg.stream("no_such_clip.mp4", **options)  # checked before the file is opened
+    from edgeseg.video import open_video
+
+    with pytest.raises(EdgesegError, match="the camera name is empty"):
+        open_video("", camera=True)
+    with pytest.raises(EdgesegError, match="the video path is empty"):
+        open_video("")
+
+
+def test_a_closed_image_is_named_as_closed():
+    # A closed PIL image was "image mode RGB cannot be read as RGB".
+    import edgeseg
+
+    seg = edgeseg.Segmenter()
+    with Image.open(PHOTO) as img:
+        pass
+    for image in (img, Image.new("F", (8, 8))):
+        image.close()
+        with pytest.raises(EdgesegError, match=r"^the image is closed \(Image.close\(\) was called"):
+            seg(image)
+    assert seg(Image.new("RGB", (8, 8))).labels.shape == (8, 8)
+
+
+def test_a_teacher_with_the_same_classes_in_another_order_maps_by_name():
+    # A --teacher checkpoint whose classes were the student's in another order "cannot be mapped".
+    from edgeseg.training.distill import teacher_class_map
+
+    names = ("background", "person", "car")
+    assert teacher_class_map("t.safetensors", ("car", "background", "person"), names, "voc").tolist() == [2, 0, 1]
+    assert teacher_class_map("t.safetensors", names, names, "voc").tolist() == [0, 1, 2]
+    with pytest.raises(EdgesegError, match="cannot be mapped"):
+        teacher_class_map("t.safetensors", ("car", "background", "bus"), names, "voc")

@@ -274,7 +274,7 @@ def test_display_rotation_is_applied(degrees, hflip, shape, dark, red, tmp_path,
         assert (video.height, video.width) == shape  # the size reported is the one shown
 
 
-@pytest.mark.parametrize("gap", [0.01, 0.02, 0.05, 0.1, 0.2])
+@pytest.mark.parametrize("gap", [0.01, 0.05, 0.1])
 def test_a_second_ctrl_c_still_leaves_a_playable_video_and_the_report(gap, camvid_frames, tmp_path):
     # Two Ctrl-C 0.05 s apart left an unplayable .part.mp4 and label maps without their video, and no JSON.
     import json

@@ -5,10 +5,34 @@
     result = seg("photo.jpg")      # or a PIL image, or an (H, W, 3) uint8 RGB array
 """
 
-from edgeseg.api import Result, Segmenter
-from edgeseg.backends import open_model, open_runtime
-from edgeseg.errors import EdgesegError
-from edgeseg.registry import get_entry, list_models
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeseg.api import Result, Segmenter
+    from edgeseg.backends import open_model, open_runtime
+    from edgeseg.errors import EdgesegError
+    from edgeseg.registry import get_entry, list_models
 
 __all__ = ["EdgesegError", "Result", "Segmenter", "get_entry", "list_models", "open_model", "open_runtime"]
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): `import edgeseg` and the `edgeseg` command start without numpy and LiteRT,
+# so the command's Ctrl-C handling is in place before they load.
+_HOMES = {"Result": "edgeseg.api", "Segmenter": "edgeseg.api", "open_model": "edgeseg.backends",
+          "open_runtime": "edgeseg.backends", "EdgesegError": "edgeseg.errors", "get_entry": "edgeseg.registry",
+          "list_models": "edgeseg.registry"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -15,8 +15,8 @@ from edgeseg.errors import EdgesegError
 if TYPE_CHECKING:
     from edgeseg.backends import OpenedModel
 
-# numpy, Pillow, LiteRT and the rest are imported where they are used, inside main(): importing this module
-# (what the `edgeseg` script does before it calls main) stays cheap, so a Ctrl-C while they load is one line too.
+# numpy, Pillow, LiteRT and the rest are imported where they are used, inside main(), whose Ctrl-C handling
+# then covers them: this module itself adds nothing heavy to what the `edgeseg` script imports before main.
 
 
 def __getattr__(name: str):
@@ -575,13 +575,13 @@ def _output_folders(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """The `edgeseg` command; returns its exit code: 0, 2 after an error, 130 after Ctrl-C.
 
-    Ctrl-C at any point, while the libraries load too, is the one line `edgeseg: interrupted` and exit code
-    130, never a traceback; after the first, further Ctrl-C wait for the cleanup it started (a video keeps
-    the frames done so far, the JSON report is written)."""
+    Ctrl-C at any point once main runs, while it imports the libraries too, is the one line
+    `edgeseg: interrupted` and exit code 130, never a traceback; after the first, further Ctrl-C wait for
+    the cleanup it started (a video keeps the frames done so far, the JSON report is written)."""
     try:
         from edgeseg.files import interrupts_held_after_first
 
-        with interrupts_held_after_first():
+        with interrupts_held_after_first(exiting=argv is None):  # None: run as the `edgeseg` program
             try:
                 return _main(argv)
             except KeyboardInterrupt:

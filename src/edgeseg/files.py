@@ -208,12 +208,14 @@ def _first_interrupt_only(signum: int, frame: object) -> None:
 
 
 @contextmanager
-def interrupts_held_after_first() -> Iterator[None]:
+def interrupts_held_after_first(*, exiting: bool = False) -> Iterator[None]:
     """Inside the block the first Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and any later one is
     ignored until the block ends, so the cleanup the first one starts (committing the playable video, writing
     the JSON report) runs to its end: a second Ctrl-C 0.1 s after the first used to leave only a `.part` file.
-    Nested blocks share the outermost one. Does nothing outside the main thread (where Python cannot set
-    signal handlers) or where SIGINT already has a handler other than Python's default."""
+    With `exiting` (the process ends after the block) an interrupted block leaves SIGINT ignored, so that a
+    late Ctrl-C cannot kill the exiting interpreter either. Nested blocks share the outermost one. Does
+    nothing outside the main thread (where Python cannot set signal handlers) or where SIGINT already has a
+    handler other than Python's default."""
     if (_HOLDING["active"] or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
@@ -223,5 +225,5 @@ def interrupts_held_after_first() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if exiting and _HOLDING["raised"] else previous)
         _HOLDING.update(active=False, raised=False)
