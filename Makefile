@@ -14,8 +14,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The demo runs the official INT8 files with LiteRT: the on-device core and the photos, no PyTorch.
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[torch,demo]'
+	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
 $(VENV)/.all-installed: pyproject.toml | $(BIN)/python

@@ -56,7 +56,7 @@ PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8",
     ("argmax", "logits"), ("per-channel", "per-tensor")
 STEMS = ("conv", "space-to-depth")
 
-# Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see the README).
+# Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see docs/export.md).
 DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
 _FLAGS = {"output": "output-kind"}  # option -> its command-line flag, where the two differ
 

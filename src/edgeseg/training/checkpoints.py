@@ -50,7 +50,12 @@ def run_folder_lock(out: Path) -> Iterator[None]:
                                "or pick another -o/--output") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            # Removed while still held, so the folder holds only the run's files; a run starting in this
+            # instant finds state.pt or config.json and stops there.
+            path.unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock
 

@@ -19,7 +19,7 @@ DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
 BN_MODES = ("auto", "frozen", "train")
 # `--bn auto` trains batch norm statistics from this many images per process up. DeepLab asks for larger
 # batches (fine_tune_batch_norm with 12+), but here batch statistics from 4-8 crops trained stably at
-# lr 0.001-0.007, while frozen statistics raised the loss at 0.001 (tests/test_train.py, README lr sweep).
+# lr 0.001-0.007, while frozen statistics raised the loss at 0.001 (tests/test_train.py, docs/training.md lr sweep).
 BN_TRAIN_BATCH = 4
 # Default learning rates: DeepLab's with batch statistics; with frozen ones no normalization rescales the
 # updates, and only small rates are safe (as for the folded model).
