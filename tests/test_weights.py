@@ -28,13 +28,27 @@ def test_cache_comes_before_mirror(dirs, dm05_official):
     assert resolve_weights(ENTRY.weights) == home / ENTRY.weights.filename
 
 
-def test_mirror_is_used_and_verified(dirs, dm05_official):
-    _, mirror = dirs
+def test_mirror_is_used_verified_and_copied_into_the_cache(dirs, dm05_official, monkeypatch):
+    home, mirror = dirs
     shutil.copy(dm05_official, mirror / ENTRY.weights.filename)
-    assert resolve_weights(ENTRY.weights) == mirror / ENTRY.weights.filename
+    # Found in the mirror, the file is copied into the cache: a later command without the mirror finds it.
+    assert resolve_weights(ENTRY.weights) == home / ENTRY.weights.filename
+    assert (home / ENTRY.weights.filename).read_bytes() == dm05_official.read_bytes()
+    monkeypatch.delenv("EDGESEG_MIRROR")
+    assert resolve_weights(ENTRY.weights, download=False) == home / ENTRY.weights.filename
+    (home / ENTRY.weights.filename).unlink()
+    monkeypatch.setenv("EDGESEG_MIRROR", str(mirror))
     (mirror / ENTRY.weights.filename).write_bytes(b"tampered")
     with pytest.raises(EdgesegError, match="checksum mismatch"):
         resolve_weights(ENTRY.weights)
+    assert not (home / ENTRY.weights.filename).exists()  # a bad mirror file never reaches the cache
+
+
+def test_an_unwritable_cache_still_uses_the_mirror(dirs, dm05_official):
+    home, mirror = dirs
+    home.write_text("a file where the cache folder should be")
+    shutil.copy(dm05_official, mirror / ENTRY.weights.filename)
+    assert resolve_weights(ENTRY.weights) == mirror / ENTRY.weights.filename
 
 
 def test_offline_error_names_url_and_both_variables(dirs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -54,13 +55,30 @@ def local_weights(weights: WeightsFile) -> Path | None:
 
 
 def resolve_weights(weights: WeightsFile, *, download: bool = True) -> Path:
-    """Returns a verified local path to `weights`, downloading it into the cache if needed."""
+    """Returns a verified local path to `weights`, downloading it into the cache if needed. A file found in the
+    mirror is also copied into the cache, so later commands find it without the mirror (`make demo`, then
+    `edgeseg predict` in a shell of one's own)."""
     local = local_weights(weights)
     if local is not None:
-        return _verified(local, weights)
+        _verified(local, weights)
+        return local if local.parent == cache_dir() else _cached_copy(local, weights)
     if not download:
         raise EdgesegError(_offline_message(weights))
     return _download(weights)
+
+
+def _cached_copy(path: Path, weights: WeightsFile) -> Path:
+    """Copies a verified mirror file into the cache (atomically, checked again); the mirror's path if the cache
+    cannot be written, since the file itself is fine."""
+    target = cache_dir() / weights.filename
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+            _verified(tmp, weights)
+    except (OSError, EdgesegError):
+        return path
+    return target
 
 
 def _offline_message(weights: WeightsFile) -> str:
