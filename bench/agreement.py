@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeseg.backends import open_model
-from edgeseg.data import open_images
+from edgeseg.data.datasets import open_images
 from edgeseg.pipeline import load_image, segment
-from edgeseg.zoo import official_tflite
+from edgeseg.runtimes.factory import open_model
+from edgeseg.zoo.build import official_tflite
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgeseg.benchmark import benchmark_file, format_results
 from edgeseg.cli import DEFAULT_BENCH_IMAGE
-from edgeseg.export import ExportOptions, export_tflite
-from edgeseg.registry import get_entry
-from edgeseg.zoo import create_model, official_tflite
+from edgeseg.deploy.export import ExportOptions, export_tflite
+from edgeseg.evaluation.benchmark import benchmark_file, format_results
+from edgeseg.zoo.build import create_model, official_tflite
+from edgeseg.zoo.registry import get_entry
 
 REPO = Path(__file__).resolve().parents[1]
 

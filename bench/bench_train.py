@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from edgeseg.data import RemappedDataset, open_dataset
+from edgeseg.data.datasets import RemappedDataset, open_dataset
+from edgeseg.data.voc import IGNORE_INDEX
 from edgeseg.training import insert_batchnorm
 from edgeseg.training.data import SCALE_RANGE, EpochBatches, TrainCrops, calibration_batches, sample_rng
-from edgeseg.voc import IGNORE_INDEX
-from edgeseg.zoo import create_model
+from edgeseg.zoo.build import create_model
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",

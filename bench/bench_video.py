@@ -23,10 +23,10 @@ import av
 import numpy as np
 from PIL import Image
 
-from edgeseg.backends import open_runtime
-from edgeseg.video import open_video, segment_video
-from edgeseg.voc import VOC_CLASSES
-from edgeseg.zoo import official_tflite
+from edgeseg.data.voc import VOC_CLASSES
+from edgeseg.io.video import open_video, segment_video
+from edgeseg.runtimes.factory import open_runtime
+from edgeseg.zoo.build import official_tflite
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "camvid" / "train" / "images"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg.training import insert_batchnorm
-from edgeseg.zoo import create_model
+from edgeseg.zoo.build import create_model
 
 CLASSES = tuple(f"class_{i}" for i in range(11))
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from edgeseg.backends import load_torch_model
-from edgeseg.data import open_dataset
-from edgeseg.labelsets import load_mapping, mapping_lut
+from edgeseg.data.datasets import open_dataset
+from edgeseg.data.labelsets import load_mapping, mapping_lut
+from edgeseg.runtimes.factory import load_torch_model
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.benchmark import benchmark_file
 from edgeseg.cli import DEFAULT_BENCH_IMAGE
-from edgeseg.data import voc
-from edgeseg.evaluate import evaluate
-from edgeseg.export import ExportOptions, export_tflite
+from edgeseg.data.datasets import voc
+from edgeseg.deploy.export import ExportOptions, export_tflite
+from edgeseg.evaluation.benchmark import benchmark_file
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.pipeline import parse_size
-from edgeseg.registry import get_entry
 from edgeseg.runtimes.litert import LiteRTRuntime
-from edgeseg.zoo import create_model
+from edgeseg.zoo.build import create_model
+from edgeseg.zoo.registry import get_entry
 
 VOC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "voc" / "VOC2012"
 

@@ -20,13 +20,13 @@ import statistics
 import time
 from pathlib import Path
 
-from edgeseg.backends import open_runtime, tflite_class_names
-from edgeseg.data import open_dataset
-from edgeseg.evaluate import evaluate
+from edgeseg.data.datasets import open_dataset
+from edgeseg.deploy.vela import compile_for_ethos_u
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.pipeline import fit_for, load_image, restore_size
-from edgeseg.registry import get_entry
-from edgeseg.tflite_file import CLASSES_METADATA, read_metadata
-from edgeseg.vela import compile_for_ethos_u
+from edgeseg.runtimes.factory import open_runtime, tflite_class_names
+from edgeseg.tflite.reader import CLASSES_METADATA, read_metadata
+from edgeseg.zoo.registry import get_entry
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BENCH_IMAGE = REPO / "src" / "edgeseg" / "assets" / "voc_sized_500x375.jpg"  # a 500x375 VOC-sized frame
@@ -75,7 +75,7 @@ def main() -> None:
             names = get_entry(args.zoo_classes).class_names
         dataset = open_dataset(args.data, args.split)
         if args.class_map:
-            from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
+            from edgeseg.data.labelsets import MappedRuntime, load_mapping, mapping_lut
 
             mapping = load_mapping(args.class_map)
             runtime = MappedRuntime(runtime, mapping_lut(mapping, names), len(mapping.dataset_classes))

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from edgeseg.files import atomic_path  # noqa: E402
+from edgeseg.io.files import atomic_path  # noqa: E402
 from edgeseg.training.checkpoints import read_log  # noqa: E402
 
 

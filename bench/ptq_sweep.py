@@ -14,13 +14,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from edgeseg.data import SegmentationFolder, voc
-from edgeseg.evaluate import evaluate
-from edgeseg.export import ExportOptions, export_tflite
-from edgeseg.registry import get_entry
+from edgeseg.data.datasets import SegmentationFolder, voc
+from edgeseg.deploy.export import ExportOptions, export_tflite
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.zoo import create_model, official_tflite
+from edgeseg.zoo.build import create_model, official_tflite
+from edgeseg.zoo.registry import get_entry
 
 VOC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "voc" / "VOC2012"
 SETTINGS = [  # (calibration images, granularity, weight ranges, activation ranges, bias correction)

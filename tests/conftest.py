@@ -36,14 +36,14 @@ def voc_root() -> Path:
 
 @pytest.fixture(scope="session")
 def dm05_model():
-    from edgeseg.zoo import create_model
+    from edgeseg.zoo.build import create_model
 
     return create_model("deeplabv3_mnv2_dm05_voc").eval()
 
 
 @pytest.fixture(scope="session")
 def dm05_official() -> Path:
-    from edgeseg.zoo import official_tflite
+    from edgeseg.zoo.build import official_tflite
 
     return official_tflite("deeplabv3_mnv2_dm05_voc")
 
@@ -72,8 +72,8 @@ def dm05_exports(tmp_path_factory, dm05_model) -> dict[str, Path]:
 
     Calibrated on only 8 train images to keep the suite fast; accuracy checks use their own exports.
     """
-    from edgeseg.export import ExportOptions, export_tflite
-    from edgeseg.voc import VOC_CLASSES
+    from edgeseg.data.voc import VOC_CLASSES
+    from edgeseg.deploy.export import ExportOptions, export_tflite
 
     out = tmp_path_factory.mktemp("exports")
     variants = {

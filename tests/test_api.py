@@ -14,10 +14,10 @@ from PIL import Image
 
 import edgeseg
 from edgeseg.api import as_rgb
-from edgeseg.backends import open_model, open_runtime, tflite_class_names
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import fit_to_input, restore_size
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.runtimes.factory import open_model, open_runtime, tflite_class_names
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -111,8 +111,8 @@ def test_torch_backend_names_itself(dm05_model):
 
 
 def test_fine_tuned_checkpoint_runs_with_torch(tmp_path):
-    from edgeseg.registry import get_entry
-    from edgeseg.zoo import create_model, save_checkpoint
+    from edgeseg.zoo.build import create_model, save_checkpoint
+    from edgeseg.zoo.registry import get_entry
 
     names = ("background", "person")
     entry = get_entry("deeplabv3_mnv2_dm05_voc")

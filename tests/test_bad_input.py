@@ -155,9 +155,9 @@ def test_damaged_official_file_in_mirror(how, dm05_official, tmp_path, monkeypat
 @pytest.fixture(scope="session")
 def checkpoint_bytes(tmp_path_factory) -> bytes:
     """A valid fine-tuned checkpoint (the pretrained dm 0.5 weights with checkpoint metadata)."""
-    from edgeseg.registry import get_entry
-    from edgeseg.voc import VOC_CLASSES
-    from edgeseg.zoo import pretrained_state_dict, save_verified
+    from edgeseg.data.voc import VOC_CLASSES
+    from edgeseg.zoo.build import pretrained_state_dict, save_verified
+    from edgeseg.zoo.registry import get_entry
 
     state = pretrained_state_dict(get_entry("deeplabv3_mnv2_dm05_voc"))
     path = tmp_path_factory.mktemp("checkpoint") / "good.safetensors"
@@ -186,8 +186,8 @@ def test_damaged_checkpoint(how, checkpoint_bytes, tmp_path, capfd):
 def test_damaged_weights_cache_is_rebuilt(how, checkpoint_bytes, tmp_path, monkeypatch, capfd):
     """The imported-weights cache is derived: a damaged one is rebuilt from the verified official file,
     with one warning line, and the rebuilt cache verifies."""
-    from edgeseg.registry import get_entry
-    from edgeseg.zoo import pretrained_state_dict, read_verified
+    from edgeseg.zoo.build import pretrained_state_dict, read_verified
+    from edgeseg.zoo.registry import get_entry
 
     entry = get_entry("deeplabv3_mnv2_dm05_voc")
     home = tmp_path / "home"
@@ -393,7 +393,7 @@ def test_full_disk_predict_of_a_folder_keeps_whole_sets(small_disk, predict, tmp
 
 def test_full_disk_evaluate_json(small_disk, dm05_official, tmp_path, capfd, monkeypatch):
     """The JSON report does not fit: one line, no partial JSON (the report is padded past 64 KiB)."""
-    from edgeseg import evaluate as evaluate_module
+    from edgeseg.evaluation import evaluate as evaluate_module
 
     real = evaluate_module.EvalResult.to_dict
     monkeypatch.setattr(evaluate_module.EvalResult, "to_dict", lambda self: {**real(self), "pad": "x" * 100_000})
@@ -421,7 +421,7 @@ def test_unwritable_output_location(where, predict, tmp_path, request):
 
 WRITER = """
 import sys, time
-from edgeseg.files import atomic_path
+from edgeseg.io.files import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "wb") as f:
         f.write(b"new" * 100_000)
@@ -448,7 +448,7 @@ def test_kill9_mid_write_leaves_old_file_and_next_run_cleans_up(before, tmp_path
     else:
         assert target.read_bytes() == b"old complete file"
     assert len(leftovers(tmp_path)) == 1  # the killed writer's temp file ...
-    from edgeseg.files import atomic_path
+    from edgeseg.io.files import atomic_path
 
     with atomic_path(target) as tmp:  # ... is removed by the next successful write
         tmp.write_bytes(b"next run")
@@ -581,7 +581,7 @@ def test_exif_orientation_applied_to_image_and_mask_alike(tiny_voc, dm05_officia
 
 def test_one_label_range_check():
     """Evaluation, ConfusionMatrix.update and the training data check share one function."""
-    from edgeseg.metrics import ConfusionMatrix, LabelRangeError, check_label_range
+    from edgeseg.evaluation.metrics import ConfusionMatrix, LabelRangeError, check_label_range
 
     mask = np.array([[0, 20, 255], [21, 42, 3]], dtype=np.uint8)
     with pytest.raises(LabelRangeError, match=r"m\.png: labels \[21, 42\] outside 0\.\.20 \(and 255 = ignore\)"):
@@ -980,7 +980,7 @@ def test_stream_options_are_checked_when_called(options, needle):
     seg = edgeseg.Segmenter()
     with pytest.raises(EdgesegError, match=re.escape(needle)):
         seg.stream("no_such_clip.mp4", **options)  # checked before the file is opened
-    from edgeseg.video import open_video
+    from edgeseg.io.video import open_video
 
     with pytest.raises(EdgesegError, match="the camera name is empty"):
         open_video("", camera=True)

@@ -1,7 +1,7 @@
 import json
 
-from edgeseg.benchmark import STAGES, benchmark_file, format_results
 from edgeseg.cli import DEFAULT_BENCH_IMAGE, main
+from edgeseg.evaluation.benchmark import STAGES, benchmark_file, format_results
 
 
 def test_benchmark_reports_every_stage(dm05_official):

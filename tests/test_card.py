@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.card import COLUMNS, CardModel, card_row, markdown, measure, plot_charts, write_card
 from edgeseg.cli import main
-from edgeseg.compat import VX_DELEGATE_OPS, unsupported_ops
-from edgeseg.data import voc
-from edgeseg.registry import get_entry
+from edgeseg.data.datasets import voc
+from edgeseg.deploy.targets import VX_DELEGATE_OPS, unsupported_ops
+from edgeseg.evaluation.card import COLUMNS, CardModel, card_row, markdown, measure, plot_charts, write_card
+from edgeseg.zoo.registry import get_entry
 
 
 def test_export_sizes_match_the_zoo_metadata(dm05_exports):
@@ -75,8 +75,8 @@ def test_benchmark_rejects_bad_files(classifier_tflite, flag, capsys):
 def test_card_header_names_each_models_input_handling():
     from dataclasses import replace
 
-    from edgeseg.card import _input_handling
-    from edgeseg.registry import Preprocess
+    from edgeseg.evaluation.card import _input_handling
+    from edgeseg.zoo.registry import Preprocess
 
     zoo = get_entry("deeplabv3_mnv2_dm05_voc")
     assert _input_handling([zoo]) == "513x513, pad with the mean pixel"

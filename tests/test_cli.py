@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from edgeseg.cli import main
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.data.voc import VOC_CLASSES
 
 SKIMAGE = pytest.importorskip("skimage.data")
 
@@ -285,7 +285,7 @@ def _plain_folder(tmp_path, count):
 
 
 def test_open_images_reads_plain_folders_and_datasets_without_masks(tmp_path, voc_root):
-    from edgeseg.data import open_images
+    from edgeseg.data.datasets import open_images
     from edgeseg.errors import EdgesegError
 
     folder = _plain_folder(tmp_path, 3)

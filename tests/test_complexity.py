@@ -1,9 +1,9 @@
 import pytest
 
-from edgeseg.complexity import count_ops, count_params
-from edgeseg.registry import get_entry
-from edgeseg.tflite_file import TFLiteFile
-from edgeseg.zoo import build_model, official_tflite
+from edgeseg.evaluation.complexity import count_ops, count_params
+from edgeseg.tflite.reader import TFLiteFile
+from edgeseg.zoo.build import build_model, official_tflite
+from edgeseg.zoo.registry import get_entry
 
 
 @pytest.mark.parametrize("name", ["deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc",

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeseg.data import load_mask, open_dataset, voc
+from edgeseg.data.datasets import load_mask, open_dataset, voc
+from edgeseg.data.voc import voc_palette
 from edgeseg.errors import EdgesegError
-from edgeseg.voc import voc_palette
 
 
 def test_voc_split_reads_masks_as_palette_indices(voc_root):

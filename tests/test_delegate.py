@@ -77,7 +77,7 @@ def vela_tflite(tmp_path_factory, dm05_official) -> Path:
     (its NPU part becomes such ops), named as Vela names its output."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edgeseg.tflite_edit import read_model, serialize
+    from edgeseg.tflite.edit import read_model, serialize
 
     model = read_model(dm05_official.read_bytes())
     code = schema.OperatorCodeT()
@@ -188,7 +188,7 @@ VELA_MESSAGE = ("was compiled by Vela for the Ethos-U NPU (ethos-u custom op): r
 def test_vela_file_without_a_delegate_is_one_line_before_litert_sees_it(vela_tflite, voc_root, tmp_path, capsys,
                                                                         monkeypatch):
     from edgeseg.runtimes import litert
-    from edgeseg.tflite_file import custom_codes
+    from edgeseg.tflite.reader import custom_codes
 
     assert custom_codes(vela_tflite) == {"ethos-u"}
     monkeypatch.setattr(litert, "Interpreter", _never_called)  # the check comes first
@@ -218,7 +218,7 @@ def test_vela_file_with_a_delegate_is_let_through(vela_tflite, request):
 def test_a_file_really_compiled_by_vela_is_recognised(dm05_official, tmp_path):
     """The op edgeseg looks for is the one Vela writes (ethos-u-vela, where installed), here compiling the official
     file's first conv alone (a second, where the whole graph takes several)."""
-    from edgeseg.tflite_edit import read_model, serialize
+    from edgeseg.tflite.edit import read_model, serialize
 
     vela = Path(sys.executable).with_name("vela")
     if not vela.is_file():
@@ -263,9 +263,9 @@ BOARD = textwrap.dedent("""
         sys.exit(0)
     labels = seg(sys.argv[2]).labels
     code = main(["predict", sys.argv[2], "-o", sys.argv[3]])
-    import edgeseg.tflite_file
+    import edgeseg.tflite.reader
     print(json.dumps({"module": seg.runtime.interpreter_module, "labels": labels.tolist(), "cli": code,
-                      "schema": edgeseg.tflite_file.schema is not None,
+                      "schema": edgeseg.tflite.reader.schema is not None,
                       "hidden_loaded": sorted(m for m in sys.modules if m.split(".")[0] in hide)}))
 """)
 

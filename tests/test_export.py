@@ -6,14 +6,14 @@ import torch
 from PIL import Image
 
 from edgeseg.cli import main, tflite_class_names
-from edgeseg.data import voc
+from edgeseg.data.datasets import voc
+from edgeseg.data.voc import VOC_CLASSES
+from edgeseg.deploy.export import ExportOptions, export_tflite, inspect_tflite
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluate import evaluate
-from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
-from edgeseg.registry import get_entry
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.zoo.registry import get_entry
 
 
 def _agreement(runtime_a, runtime_b, dataset):
@@ -70,8 +70,8 @@ def test_exports_agree_with_torch_on_a_few_images(voc_root, dm05_exports, dm05_m
 # The i.MX 8M Plus preset: per-tensor uint8 ---------------------------------------------------------------
 
 def test_imx8mp_file_is_per_tensor_uint8_on_the_vx_delegate_list(dm05_exports, dm05_official):
-    from edgeseg.compat import unsupported_ops
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.deploy.targets import unsupported_ops
+    from edgeseg.tflite.reader import TFLiteFile
 
     tfl = TFLiteFile(dm05_exports["imx8mp"])
     report = inspect_tflite(dm05_exports["imx8mp"])
@@ -98,7 +98,7 @@ def test_imx8mp_file_is_per_tensor_uint8_on_the_vx_delegate_list(dm05_exports, d
 
 
 def test_grid_params_recover_a_uint8_grid_and_fall_back_otherwise(rng):
-    from edgeseg.per_tensor import grid_params, mse_params, quantize_uint8
+    from edgeseg.deploy.per_tensor import grid_params, mse_params, quantize_uint8
 
     scale, zero_point = 0.0173, 181
     q = rng.integers(0, 256, size=(16, 3, 3, 8))
@@ -168,7 +168,7 @@ def test_imx8mp_per_tensor_matches_the_official_qat_file_on_val(voc_root, tmp_pa
     # other CPUs' float kernels in calibration), and the card's figure reproduces. The export is the CLI's
     # and the card's: activation ranges as the entry chose them. dm 1.0 (72.75 against 72.65, with its
     # QAT ranges) takes 2.5 more minutes: bench/ptq_sweep.py --settings 5 measures it, outside the suite.
-    from edgeseg.zoo import create_model, official_tflite
+    from edgeseg.zoo.build import create_model, official_tflite
 
     entry = get_entry(name)
     qat_file = official_tflite(name) if entry.per_tensor_activations == "qat" else None
@@ -254,7 +254,7 @@ def test_export_cli_rejects_conflicts(capsys):
 
 
 def test_channel_scales_requantize_grid_weights_exactly(rng):
-    from edgeseg.export import channel_scales
+    from edgeseg.deploy.export import channel_scales
 
     def error(weights, scales):
         scales = scales.reshape(-1, 1, 1, 1)
@@ -271,7 +271,7 @@ def test_channel_scales_requantize_grid_weights_exactly(rng):
 
 
 def test_activation_ranges_shrink_only_where_it_lowers_the_error():
-    from edgeseg.activation_ranges import BINS, best_range
+    from edgeseg.deploy.activation_ranges import BINS, best_range
 
     spread = np.full(BINS, 100.0)  # values fill the whole range: clipping any of it costs more than it saves
     assert best_range(spread, -4.0, 4.0) == (-4.0, 4.0)
@@ -338,8 +338,8 @@ def test_bias_correction_removes_the_mean_error_of_per_tensor_weights(voc_root, 
 
 
 def test_qat_ranges_come_from_the_official_file_for_every_conv_and_residual_add(dm05_exports, dm05_official):
-    from edgeseg.activation_ranges import qat_ranges
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.deploy.activation_ranges import qat_ranges
+    from edgeseg.tflite.reader import TFLiteFile
 
     ranges = qat_ranges(dm05_exports["fp32"], dm05_official)
     ours, official = TFLiteFile(dm05_exports["fp32"]), TFLiteFile(dm05_official)

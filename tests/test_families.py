@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from edgeseg import registry
 from edgeseg.cli import main
-from edgeseg.complexity import count_ops, count_params
+from edgeseg.data.labelsets import CAMVID_CLASSES, CITYSCAPES_CLASSES, MAPPINGS, load_mapping, mapping_lut, palette_for
 from edgeseg.errors import EdgesegError
-from edgeseg.labelsets import CAMVID_CLASSES, CITYSCAPES_CLASSES, MAPPINGS, load_mapping, mapping_lut, palette_for
+from edgeseg.evaluation.complexity import count_ops, count_params
 from edgeseg.models.deeplabv3 import DeepLabHead, DeepLabV3
 from edgeseg.models.mobilenetv2 import ConvAct
 from edgeseg.pipeline import load_image, segment
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.zoo import create_model, official_tflite
+from edgeseg.zoo import registry
+from edgeseg.zoo.build import create_model, official_tflite
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "camvid"
 NAME = "deeplab_edgetpu_slim_cityscapes"
@@ -125,9 +125,9 @@ def test_cityscapes_palette():
 # file's 51.07 reproduced within 0.1, the torch import within 1.0 of it. Prints the pixel agreement.
 @pytest.mark.slow
 def test_edgetpu_zero_shot_on_camvid_val():
-    from edgeseg.data import open_dataset
-    from edgeseg.evaluate import evaluate
-    from edgeseg.labelsets import MappedRuntime
+    from edgeseg.data.datasets import open_dataset
+    from edgeseg.data.labelsets import MappedRuntime
+    from edgeseg.evaluation.evaluate import evaluate
 
     dataset = open_dataset(CAMVID, "val")
     mapping = load_mapping("cityscapes-to-camvid")

@@ -2,19 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.data import voc
+from edgeseg.data.datasets import voc
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluate import evaluate
-from edgeseg.import_official import load_official_weights, state_dict_from_tflite
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.models import deeplabv3_mobilenet_v2
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.voc import VOC_CLASSES
-from edgeseg.zoo import create_model, official_tflite
+from edgeseg.zoo.build import create_model, load_official_weights, official_tflite
+from edgeseg.zoo.official import state_dict_from_tflite
 
 
 def test_weights_are_dequantized_with_their_own_scale(dm05_official):
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.tflite.reader import TFLiteFile
 
     tfl = TFLiteFile(dm05_official)
     stem = next(op for op in tfl.ops if op.type == "CONV_2D")

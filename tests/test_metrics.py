@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.evaluation.metrics import ConfusionMatrix
 
 
 def test_hand_computed_example():

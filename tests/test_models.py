@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from edgeseg.import_official import layer_scope, torch_module_for
 from edgeseg.models import deeplabv3_mobilenet_v2, make_divisible
 from edgeseg.models.mobilenetv2 import ConvAct
-from edgeseg.tflite_file import TFLiteFile
-from edgeseg.zoo import official_tflite
+from edgeseg.tflite.reader import TFLiteFile
+from edgeseg.zoo.build import official_tflite
+from edgeseg.zoo.official import layer_scope, torch_module_for
 
 
 def test_make_divisible_follows_tf():

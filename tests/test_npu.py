@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from edgeseg.cli import main
+from edgeseg.data.voc import VOC_CLASSES
+from edgeseg.deploy.export import ExportOptions, export_tflite, inspect_tflite
+from edgeseg.deploy.vela import compile_for_ethos_u, compiled_path
 from edgeseg.errors import EdgesegError
-from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
 from edgeseg.models.stem import SpaceToDepthConv, with_space_to_depth_stem
 from edgeseg.pipeline import PACKED_CHANNELS, pack_space_to_depth, packed_size
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
-from edgeseg.tflite_file import INPUT_LAYOUT_METADATA, SPACE_TO_DEPTH_LAYOUT, read_metadata
-from edgeseg.vela import compile_for_ethos_u, compiled_path
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.tflite.reader import INPUT_LAYOUT_METADATA, SPACE_TO_DEPTH_LAYOUT, read_metadata
 
 
 @pytest.mark.parametrize("size", [(513, 513), (64, 90), (33, 34)])
@@ -76,7 +76,7 @@ def test_imx93_export_writes_the_plain_and_the_vela_file(small_imx93):
 
 
 def test_imx93_plain_file_runs_here_and_agrees_with_torch(small_imx93, dm05_model, voc_root):
-    from edgeseg.data import voc
+    from edgeseg.data.datasets import voc
     from edgeseg.pipeline import segment
 
     path, _ = small_imx93
@@ -90,7 +90,7 @@ def test_imx93_plain_file_runs_here_and_agrees_with_torch(small_imx93, dm05_mode
 
 
 def _preprocess(size: int):
-    from edgeseg.registry import Preprocess
+    from edgeseg.zoo.registry import Preprocess
 
     return Preprocess(input_size=size)
 
@@ -117,7 +117,7 @@ def test_vela_refuses_a_file_in_one_line(tmp_path):
 
 
 def test_imx93_without_vela_names_the_extra(monkeypatch, tmp_path, dm05_model, voc_root):
-    import edgeseg.export as export
+    import edgeseg.deploy.export as export
 
     monkeypatch.setattr(export, "vela_available", lambda: False)
     options = ExportOptions(target="imx93", input_size=65, calib_root=voc_root, calib_count=1)
@@ -137,8 +137,8 @@ def test_stem_needs_a_3x3_stride_2_first_conv():
 def test_imx93_dm05_meets_its_targets_on_val(dm05_model, voc_root, tmp_path):
     """The Done-means of the i.MX 93 preset: under 13 ms in Vela's estimate, all on the NPU, and on the VOC val
     subset within 0.3 of FP32 (64.99 here) and at least the official QAT file (63.95)."""
-    from edgeseg.data import voc
-    from edgeseg.evaluate import evaluate
+    from edgeseg.data.datasets import voc
+    from edgeseg.evaluation.evaluate import evaluate
 
     path = tmp_path / "imx93.tflite"
     report = export_tflite(dm05_model, VOC_CLASSES, path, ExportOptions(target="imx93", calib_root=voc_root))

@@ -1,8 +1,8 @@
 import pytest
 
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.registry import get_entry, list_models
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.zoo.registry import get_entry, list_models
 
 
 def test_zoo_entries():

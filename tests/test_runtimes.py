@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgeseg.data import voc
+from edgeseg.data.datasets import voc
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import segment
 from edgeseg.runtimes.litert import LiteRTRuntime

@@ -16,9 +16,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from edgeseg.cli import main as cli_main
-from edgeseg.data import RemappedDataset, label_lut, load_mask, open_dataset, resolve_label_map
+from edgeseg.data.datasets import RemappedDataset, label_lut, load_mask, open_dataset, resolve_label_map
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluate import evaluate
+from edgeseg.evaluation.evaluate import evaluate
 from edgeseg.models import deeplabv3_mobilenet_v2
 from edgeseg.runtimes.torch import TorchRuntime
 from edgeseg.training import (
@@ -34,8 +35,7 @@ from edgeseg.training import (
     resolve_classes,
 )
 from edgeseg.training.batchnorm import ConvBNAct
-from edgeseg.voc import VOC_CLASSES
-from edgeseg.zoo import create_model, load_checkpoint, read_verified
+from edgeseg.zoo.build import create_model, load_checkpoint, read_verified
 
 PERSON = VOC_CLASSES.index("person")
 NAMES = ("background", "person")
@@ -393,11 +393,11 @@ def test_ddp_two_processes_on_cpu_match_one_process(tiny_voc, tmp_path):
 
 
 def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(tiny_voc, tmp_path, capsys):
-    from edgeseg.backends import open_model, open_runtime
     from edgeseg.pipeline import fit_to_input
-    from edgeseg.registry import Preprocess
+    from edgeseg.runtimes.factory import open_model, open_runtime
     from edgeseg.training.data import draw_window, sample_rng
-    from edgeseg.zoo import checkpoint_entry
+    from edgeseg.zoo.build import checkpoint_entry
+    from edgeseg.zoo.registry import Preprocess
 
     # A VOC pair (at most 500 px) is enlarged to fit 641x641 before the random scale: the crop is (up to the
     # rounding of one resize instead of two) the one cut from the pair enlarged first, mask nearest-neighbour.
@@ -449,9 +449,9 @@ def test_upscale_trains_on_enlarged_frames_and_checkpoints_and_exports_keep_it(t
 def test_a_checkpoint_is_a_starting_point(tiny_voc, tmp_path, capsys):
     from dataclasses import replace
 
-    from edgeseg.registry import Preprocess, get_entry
     from edgeseg.training.config import new_config
-    from edgeseg.zoo import checkpoint_entry, init_model, save_checkpoint
+    from edgeseg.zoo.build import checkpoint_entry, init_model, save_checkpoint
+    from edgeseg.zoo.registry import Preprocess, get_entry
 
     # A person-vs-rest checkpoint for frames enlarged to 161x225.
     base = get_entry("deeplabv3_mnv2_dm05_voc")
@@ -531,8 +531,8 @@ def test_teacher_soft_labels_follow_the_augmentation(tiny_voc, input_size, upsca
     # of the frame and cut with the crop's window, scale and flip agree with the crop's labels away from
     # edges; mirrored, they do not.
     from edgeseg.pipeline import fitted_hw
-    from edgeseg.registry import Preprocess
     from edgeseg.training.distill import soft_labels
+    from edgeseg.zoo.registry import Preprocess
 
     preprocess = Preprocess(input_size=input_size, upscale=upscale)
     train = RemappedDataset(open_dataset(tiny_voc, "train"), label_lut("voc", NAMES), NAMES)
@@ -618,7 +618,7 @@ def test_cached_soft_labels_are_read_frame_by_frame_in_any_process(tmp_path):
     import shutil
 
     from edgeseg.training.distill import SoftLabels
-    from edgeseg.zoo import save_verified
+    from edgeseg.zoo.build import save_verified
 
     frames = {str(i): torch.randn(2, 3, 4 + i).half() for i in range(3)}
     path = tmp_path / "teacher.safetensors"

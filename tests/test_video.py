@@ -268,7 +268,7 @@ def test_display_rotation_is_applied(degrees, hflip, shape, dark, red, tmp_path,
     rows, cols = np.nonzero((frame[..., 0] > 150) & (frame[..., 1] < 100))
     assert {"top": rows.mean() < h / 4, "bottom": rows.mean() > 3 * h / 4}[red.split()[0]]
     assert {"left": cols.mean() < w / 4, "right": cols.mean() > 3 * w / 4}[red.split()[1]]
-    from edgeseg.video import open_video
+    from edgeseg.io.video import open_video
 
     with open_video(clip) as video:
         assert (video.height, video.width) == shape  # the size reported is the one shown

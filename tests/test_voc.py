@@ -1,4 +1,4 @@
-from edgeseg.voc import VOC_CLASSES, voc_palette
+from edgeseg.data.voc import VOC_CLASSES, voc_palette
 
 
 def test_palette_matches_voc_colours():

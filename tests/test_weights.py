@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.registry import get_entry
-from edgeseg.weights import resolve_weights
+from edgeseg.zoo.registry import get_entry
+from edgeseg.zoo.weights import resolve_weights
 
 ENTRY = get_entry("deeplabv3_mnv2_dm05_voc")
 

@@ -3,8 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 from edgeseg.errors import EdgesegError
-from edgeseg.registry import get_entry
-from edgeseg.zoo import checkpoint_entry, create_model, load_checkpoint, save_checkpoint
+from edgeseg.zoo.build import checkpoint_entry, create_model, load_checkpoint, save_checkpoint
+from edgeseg.zoo.registry import get_entry
 
 NAME = "deeplabv3_mnv2_dm05_voc"
 

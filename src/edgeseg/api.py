@@ -13,7 +13,6 @@ refused with a message saying how to convert them, since their value range canno
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edgeseg.backends import OpenedModel, open_model
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image, segment, to_rgb
+from edgeseg.runtimes.factory import OpenedModel, open_model
+from edgeseg.visualize import blend, blend_image  # noqa: F401 - blend is public here too
 
 ImageLike = Any  # a PIL image, a path, or a numpy array (see as_rgb)
 
@@ -110,37 +110,6 @@ class Result:
                 "shares": {name: round(share, 6) for name, share in self.shares().items()}}
 
 
-_FOREGROUND = [0] + [255] * 255  # point() table: background -> 0, any class -> 255
-
-
-@functools.lru_cache(maxsize=8)
-def _palette(class_names: tuple[str, ...]) -> list[int]:
-    from edgeseg.labelsets import palette_for
-
-    return palette_for(class_names)[:256].reshape(-1).tolist()
-
-
-def blend_image(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55,
-                class_names: tuple[str, ...] = ()) -> Image.Image:
-    """Returns the pixels blended with each label's colour (the label set's palette; a class 0 named
-    "background" left as is), as a PIL image of the same size. Done in Pillow's C code: cheap enough
-    for every video frame."""
-    image = Image.fromarray(pixels)
-    label_map = Image.fromarray(labels.astype(np.uint8, copy=False))
-    label_map.putpalette(_palette(tuple(class_names)))
-    blended = Image.blend(image, label_map.convert("RGB"), alpha)
-    if class_names[:1] in ((), ("background",)):
-        image.paste(blended, (0, 0), Image.fromarray(labels.astype(np.uint8, copy=False)).point(_FOREGROUND))
-        return image
-    return blended
-
-
-def blend(pixels: np.ndarray, labels: np.ndarray, alpha: float = 0.55,
-          class_names: tuple[str, ...] = ()) -> np.ndarray:
-    """Returns `blend_image` as a uint8 RGB array (H, W, 3)."""
-    return np.asarray(blend_image(pixels, labels, alpha, class_names))
-
-
 class Segmenter:
     """A segmentation model opened once: call it on images, or `stream` a video file or a camera.
 
@@ -184,14 +153,14 @@ class Segmenter:
         a stream URL, in order: every `every`-th frame (a whole number >= 1), at most `max_frames` (None, or a
         whole number >= 1) of them, turned upright as the video is displayed. Decoding runs in a background
         thread. Needs the `video` extra (PyAV). Bad options raise here, not at the first frame."""
-        from edgeseg.video import check_frame_options
+        from edgeseg.io.video import check_frame_options
 
         check_frame_options(every, max_frames)
         return self._stream(source, every, max_frames)
 
     def _stream(self, source: str | os.PathLike | int, every: int, max_frames: int | None,
                 ) -> Iterator[tuple[np.ndarray, Result]]:
-        from edgeseg.video import open_video
+        from edgeseg.io.video import open_video
 
         with open_video(source) as video:
             for _, frame in video.frames(every=every, max_frames=max_frames):

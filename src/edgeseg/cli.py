@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeseg.compat import TARGETS
+from edgeseg.deploy.targets import TARGETS
 from edgeseg.errors import EdgesegError
 
 if TYPE_CHECKING:
-    from edgeseg.backends import OpenedModel
+    from edgeseg.runtimes.factory import OpenedModel
 
 # numpy, Pillow, LiteRT and the rest are imported where they are used, inside main(), whose Ctrl-C handling
 # then covers them: this module itself adds nothing heavy to what the `edgeseg` script imports before main.
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str):
     if name == "tflite_class_names":  # re-exported: old import path
-        from edgeseg.backends import tflite_class_names
+        from edgeseg.runtimes.factory import tflite_class_names
 
         return tflite_class_names
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -34,7 +34,7 @@ DEFAULT_BENCH_IMAGE = Path(__file__).parent / "assets" / "voc_sized_500x375.jpg"
 
 def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True, model_help: str | None = None) -> None:
     """Adds the mutually exclusive model sources: --model NAME, --weights CHECKPOINT (and --tflite FILE)."""
-    from edgeseg.backends import DEFAULT_MODEL
+    from edgeseg.runtimes.factory import DEFAULT_MODEL
 
     model_help = model_help or f"zoo model name (default {DEFAULT_MODEL}; see `edgeseg models`)"
     source = parser.add_mutually_exclusive_group()
@@ -65,7 +65,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def open_model(args: argparse.Namespace) -> OpenedModel:
     """Opens what --model / --tflite / --weights, --backend, --threads, --delegate, --input-size and --upscale
     name."""
-    from edgeseg.backends import open_model as open_source
+    from edgeseg.runtimes.factory import open_model as open_source
 
     return open_source(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
                        threads=args.threads, input_size=args.input_size, upscale=args.upscale,
@@ -75,8 +75,8 @@ def open_model(args: argparse.Namespace) -> OpenedModel:
 # Commands --------------------------------------------------------------------------------------------
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from edgeseg.registry import get_entry, list_models
-    from edgeseg.weights import local_weights
+    from edgeseg.zoo.registry import get_entry, list_models
+    from edgeseg.zoo.weights import local_weights
 
     print(f"{'name':<32} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
     for name in list_models(args.pattern):
@@ -89,7 +89,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from edgeseg.api import Segmenter
-    from edgeseg.files import check_output_file, ensure_writable_dir, removing_new_folders
+    from edgeseg.io.files import check_output_file, ensure_writable_dir, removing_new_folders
     from edgeseg.predict import Job, check_no_input_overwritten, plan_jobs, run_predict
 
     if not args.inputs and args.camera is None:
@@ -102,7 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             check_output_file(args.json)  # before the work, not after
         out_dir = ensure_writable_dir(args.output)
         if args.camera is not None:
-            from edgeseg.video import camera_device
+            from edgeseg.io.video import camera_device
 
             jobs.append(Job(camera_device(args.camera), out_dir, "camera", camera=True))
         seg = Segmenter(args.model, tflite=args.tflite, weights=args.weights, backend=args.backend,
@@ -113,10 +113,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from edgeseg.data import check_model_classes, open_dataset, remap_for
-    from edgeseg.evaluate import evaluate, format_table
-    from edgeseg.files import check_output_file, write_json
-    from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
+    from edgeseg.data.datasets import check_model_classes, open_dataset, remap_for
+    from edgeseg.data.labelsets import MappedRuntime, load_mapping, mapping_lut
+    from edgeseg.evaluation.evaluate import evaluate, format_table
+    from edgeseg.io.files import check_output_file, write_json
 
     if args.json:
         check_output_file(args.json)  # before the work, not after
@@ -138,18 +138,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def load_torch_model(args: argparse.Namespace):
-    """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT (see edgeseg.backends)."""
-    from edgeseg.backends import torch_available
+    """Returns (torch model, entry) for --model NAME or --weights CHECKPOINT (see edgeseg.runtimes.factory)."""
+    from edgeseg.runtimes.factory import torch_available
 
     if not torch_available():
         raise EdgesegError("this command needs PyTorch: pip install 'edgeseg[export]'")
-    from edgeseg.backends import load_torch_model as load
+    from edgeseg.runtimes.factory import load_torch_model as load
 
     return load(args.model, getattr(args, "weights", None))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from edgeseg.export import ExportOptions, export_tflite
+    from edgeseg.deploy.export import ExportOptions, export_tflite
     from edgeseg.pipeline import parse_size
 
     preprocess = _model_preprocess(args)  # a checkpoint trained for another input size brings its own
@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     ).resolved()  # conflicting options fail here, before the model is built
     calibration = ""
     if options.precision == "int8":  # so does missing calibration data
-        from edgeseg.data import open_images
+        from edgeseg.data.datasets import open_images
 
         calibration = open_images(options.calib_root, options.calib_split, options.calib_count)[1]
     model, entry = load_torch_model(args)
@@ -190,7 +190,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def _print_vela(vela: dict, prefix: str = "") -> None:
     """Vela's estimate in two lines: the figures, and the command that reproduces them."""
-    from edgeseg.vela import VelaEstimate
+    from edgeseg.deploy.vela import VelaEstimate
 
     print(prefix + VelaEstimate(**vela).summary())
     print(f"  reproduce: {vela['command']}")
@@ -199,11 +199,11 @@ def _print_vela(vela: dict, prefix: str = "") -> None:
 def _model_preprocess(args: argparse.Namespace):
     """The preprocessing of --weights CHECKPOINT (its metadata) or --model NAME, read without building it."""
     if getattr(args, "weights", None) is not None:
-        from edgeseg.zoo import checkpoint_entry
+        from edgeseg.zoo.build import checkpoint_entry
 
         return checkpoint_entry(args.weights).preprocess
-    from edgeseg.backends import DEFAULT_MODEL
-    from edgeseg.registry import get_entry
+    from edgeseg.runtimes.factory import DEFAULT_MODEL
+    from edgeseg.zoo.registry import get_entry
 
     return get_entry(args.model or DEFAULT_MODEL).preprocess
 
@@ -213,9 +213,9 @@ def _qat_file(args: argparse.Namespace) -> Path | None:
     (`--activation-ranges qat`), or by default where the entry chose them for per-tensor files."""
     if args.activation_ranges not in (None, "qat") or getattr(args, "weights", None) is not None:
         return None
-    from edgeseg.backends import DEFAULT_MODEL
-    from edgeseg.registry import get_entry
-    from edgeseg.zoo import official_tflite
+    from edgeseg.runtimes.factory import DEFAULT_MODEL
+    from edgeseg.zoo.build import official_tflite
+    from edgeseg.zoo.registry import get_entry
 
     entry = get_entry(args.model or DEFAULT_MODEL)
     if args.activation_ranges is None and entry.per_tensor_activations != "qat":
@@ -225,8 +225,8 @@ def _qat_file(args: argparse.Namespace) -> Path | None:
 
 def export_suffixes(options) -> list[str]:
     """Returns file-name parts for every export option that differs from its default."""
-    from edgeseg.compat import TARGET_DEFAULTS
-    from edgeseg.export import DEFAULT_ACTIVATION_RANGES
+    from edgeseg.deploy.export import DEFAULT_ACTIVATION_RANGES
+    from edgeseg.deploy.targets import TARGET_DEFAULTS
 
     defaults = {"output": "argmax", "stem": "conv", **TARGET_DEFAULTS.get(options.target or "", {})}
     parts = [] if options.output == defaults["output"] else [options.output]
@@ -244,11 +244,11 @@ def export_suffixes(options) -> list[str]:
 
 
 def cmd_card(args: argparse.Namespace) -> None:
-    from edgeseg.card import CardModel, measure, plot_charts, write_card
-    from edgeseg.data import open_dataset, open_images, remap_for
-    from edgeseg.files import ensure_writable_dir
-    from edgeseg.registry import get_entry, list_models
-    from edgeseg.zoo import official_tflite
+    from edgeseg.data.datasets import open_dataset, open_images, remap_for
+    from edgeseg.evaluation.card import CardModel, measure, plot_charts, write_card
+    from edgeseg.io.files import ensure_writable_dir
+    from edgeseg.zoo.build import official_tflite
+    from edgeseg.zoo.registry import get_entry, list_models
 
     out_dir = ensure_writable_dir(args.output)
     dataset = open_dataset(args.data, args.split, args.limit)
@@ -265,7 +265,7 @@ def cmd_card(args: argparse.Namespace) -> None:
             model, entry = load_torch_model(argparse.Namespace(model=name, weights=None))
             items.append(CardModel(entry, model, official_tflite(get_entry(name).name)))
     if args.class_map:  # a bad map fails now, not after minutes of exports
-        from edgeseg.labelsets import load_mapping, mapping_lut
+        from edgeseg.data.labelsets import load_mapping, mapping_lut
 
         mapping = load_mapping(args.class_map)
         for item in items:
@@ -285,8 +285,8 @@ def cmd_card(args: argparse.Namespace) -> None:
 
 def _scores_on(entry, class_map: str | None) -> bool:
     """True if the entry's classes are the data's: VOC's without a class map, else those the map covers."""
-    from edgeseg.labelsets import load_mapping
-    from edgeseg.voc import VOC_CLASSES
+    from edgeseg.data.labelsets import load_mapping
+    from edgeseg.data.voc import VOC_CLASSES
 
     if class_map is None:
         return entry.class_names == VOC_CLASSES
@@ -394,8 +394,8 @@ def _thread_list(text: str) -> list[int]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from edgeseg.benchmark import benchmark_file, format_results
-    from edgeseg.files import check_output_file, write_json
+    from edgeseg.evaluation.benchmark import benchmark_file, format_results
+    from edgeseg.io.files import check_output_file, write_json
     from edgeseg.pipeline import load_image
 
     if args.json:
@@ -417,8 +417,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 def _benchmark_vela(files: list[Path], json_path: Path | None) -> None:
     """Vela's i.MX 93 estimate of each file, in place of LiteRT timings on this CPU."""
-    from edgeseg.files import write_json
-    from edgeseg.vela import compile_for_ethos_u
+    from edgeseg.deploy.vela import compile_for_ethos_u
+    from edgeseg.io.files import write_json
 
     estimates = []
     for path in files:
@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     `edgeseg: interrupted` and exit code 130, never a traceback; after the first, further Ctrl-C wait for
     the cleanup it started (a video keeps the frames done so far, the JSON report is written)."""
     try:
-        from edgeseg.files import interrupts_held_after_first
+        from edgeseg.io.files import interrupts_held_after_first
 
         with interrupts_held_after_first(exiting=argv is None):  # None: run as the `edgeseg` program
             try:
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from edgeseg.files import removing_new_folders
+    from edgeseg.io.files import removing_new_folders
     from edgeseg.logs import set_verbose
 
     args = build_parser().parse_args(argv)

@@ -13,9 +13,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.registry import Preprocess
-from edgeseg.voc import MAX_CLASSES
+from edgeseg.zoo.registry import Preprocess
 
 DEEPLAB = Preprocess()
 Size = int | tuple[int, int]  # a square side, or (height, width)

@@ -22,8 +22,8 @@ from PIL import ImageOps
 
 from edgeseg.api import Segmenter
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path, atomic_paths, check_output_file, ensure_writable_dir, write_json
-from edgeseg.video import VIDEO_SUFFIXES, is_video
+from edgeseg.io.files import atomic_path, atomic_paths, check_output_file, ensure_writable_dir, write_json
+from edgeseg.io.video import VIDEO_SUFFIXES, is_video
 
 STDIN = "-"  # an input named "-" is an image read from standard input, written as stdin_*.png
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -160,7 +160,7 @@ def predict_video(seg: Segmenter, job: Job, *, every: int = 1, max_frames: int |
 
     On Ctrl-C the frames done so far are kept in a playable file, then KeyboardInterrupt is re-raised.
     """
-    from edgeseg.video import open_video, output_name, segment_video
+    from edgeseg.io.video import open_video, output_name, segment_video
     from edgeseg.visualize import label_image
 
     with open_video(job.source, camera=job.camera) as video:
@@ -206,7 +206,7 @@ class _Interrupted(KeyboardInterrupt):
 def run_predict(seg: Segmenter, jobs: list[Job], *, json_path: Path | None = None, every: int = 1,
                 max_frames: int | None = None, frame_labels: bool = False, progress: bool = True) -> None:
     """Runs every job; one bad input does not stop the others (it is reported and counted at the end)."""
-    from edgeseg.files import interrupts_held_after_first
+    from edgeseg.io.files import interrupts_held_after_first
 
     with interrupts_held_after_first():  # after a first Ctrl-C, the video and the JSON report are still finished
         _run_jobs(seg, jobs, json_path, every=every, max_frames=max_frames, frame_labels=frame_labels,

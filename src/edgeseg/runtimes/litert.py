@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import (
     DEEPLAB,
@@ -26,8 +27,7 @@ from edgeseg.pipeline import (
     packed_size,
     parse_size,
 )
-from edgeseg.registry import Preprocess
-from edgeseg.tflite_file import (
+from edgeseg.tflite.reader import (
     INPUT_LAYOUT_METADATA,
     INPUT_SIZE_METADATA,
     SPACE_TO_DEPTH_LAYOUT,
@@ -35,7 +35,7 @@ from edgeseg.tflite_file import (
     custom_codes,
     read_metadata,
 )
-from edgeseg.voc import MAX_CLASSES
+from edgeseg.zoo.registry import Preprocess
 
 # LiteRT's own wheel first, else tflite_runtime: NXP's board images ship that one (built with their NPU
 # delegates) and not ai-edge-litert. Every on-device path gets its interpreter from here.

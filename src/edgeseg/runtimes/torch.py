@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from edgeseg.pipeline import DEEPLAB, Size, input_hw, normalize_and_pad
-from edgeseg.registry import Preprocess
+from edgeseg.zoo.registry import Preprocess
 
 
 class TorchRuntime:

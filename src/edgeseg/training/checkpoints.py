@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path
+from edgeseg.io.files import atomic_path
 
 STATE_FORMAT = 2  # 2: batch norm in the model and a PolynomialLR scheduler state
 LOCK_NAME = ".edgeseg-run.lock"

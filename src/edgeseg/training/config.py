@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeseg.data import resolve_label_map
+from edgeseg.data.datasets import resolve_label_map
+from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import input_hw, parse_size
-from edgeseg.registry import Preprocess
-from edgeseg.voc import MAX_CLASSES
+from edgeseg.zoo.registry import Preprocess
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
 BN_MODES = ("auto", "frozen", "train")
@@ -94,7 +94,7 @@ def option_names() -> tuple[str, ...]:
 
 def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
     """Returns the class names that `--classes` names: a comma-separated list, or a count N."""
-    from edgeseg.zoo import init_entry
+    from edgeseg.zoo.build import init_entry
 
     entry = init_entry(init)
     if spec is None or not str(spec).strip():
@@ -123,7 +123,7 @@ def resolve_classes(spec: str | None, init: str) -> tuple[str, ...]:
 
 
 def _normalized(key: str, value: object, init: str) -> object:
-    from edgeseg.zoo import is_checkpoint
+    from edgeseg.zoo.build import is_checkpoint
 
     if value is None:
         return None
@@ -202,7 +202,7 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
 def _check_teacher(config: TrainConfig, given: dict) -> None:
     """A missing teacher, or one whose classes do not map onto the run's, fails now, not after the data checks."""
     from edgeseg.training.distill import teacher_class_map
-    from edgeseg.zoo import init_entry, is_checkpoint
+    from edgeseg.zoo.build import init_entry, is_checkpoint
 
     if not config.teacher:
         if "distill_weight" in given:
@@ -219,7 +219,7 @@ def _check_teacher(config: TrainConfig, given: dict) -> None:
 
 def _inherit_input_handling(config: TrainConfig, given: dict) -> None:
     """A run from a checkpoint keeps the input size and upscale it was trained for, unless given."""
-    from edgeseg.zoo import init_entry, is_checkpoint
+    from edgeseg.zoo.build import init_entry, is_checkpoint
 
     if not is_checkpoint(config.init):
         return
@@ -233,7 +233,7 @@ def _inherit_input_handling(config: TrainConfig, given: dict) -> None:
 
 def _init_label(init: str) -> str:
     """A zoo name as it is; a checkpoint as <its run folder>-<its name>, e.g. camvid-best."""
-    from edgeseg.zoo import is_checkpoint
+    from edgeseg.zoo.build import is_checkpoint
 
     if not is_checkpoint(init):
         return init

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edgeseg.data import RemappedDataset
+from edgeseg.data.datasets import RemappedDataset
+from edgeseg.data.voc import IGNORE_INDEX
 from edgeseg.errors import EdgesegError
-from edgeseg.metrics import LabelRangeError, check_label_range
+from edgeseg.evaluation.metrics import LabelRangeError, check_label_range
 from edgeseg.pipeline import DEEPLAB, fitted_hw, input_hw
-from edgeseg.registry import Preprocess
 from edgeseg.training.distill import SoftLabels, soft_crop
-from edgeseg.voc import IGNORE_INDEX
+from edgeseg.zoo.registry import Preprocess
 
 SCALE_RANGE = (0.5, 2.0)
 CALIBRATION_EPOCH = 0  # training epochs count from 1: epoch 0's crops measure batch norm statistics

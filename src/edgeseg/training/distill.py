@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeseg.data import RemappedDataset, label_lut
+from edgeseg.data.datasets import RemappedDataset, label_lut
+from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import fit_to_input, input_hw, normalize_and_pad, parse_size
-from edgeseg.registry import Preprocess
-from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
+from edgeseg.zoo.registry import Preprocess
 
 TARGET_STRIDE = 4  # the teacher's output is 16x coarser than its input: 1/4 of the frame loses nothing
 MIN_PROBABILITY = 1e-6  # keeps log-probabilities finite in float16
@@ -105,7 +105,7 @@ class SoftLabels:
             return self
         from safetensors import safe_open
 
-        from edgeseg.zoo import DIGEST_KEY
+        from edgeseg.zoo.build import DIGEST_KEY
 
         try:
             handle = safe_open(str(self.path), framework="pt")
@@ -123,7 +123,7 @@ class SoftLabels:
 
 def _cached(cache: Path, key: dict[str, str]) -> SoftLabels | None:
     """The soft labels in `cache` if it holds them for `key` (its digest checked, one frame at a time)."""
-    from edgeseg.zoo import DIGEST_KEY, read_verified
+    from edgeseg.zoo.build import DIGEST_KEY, read_verified
 
     if not cache.is_file():
         return None
@@ -145,7 +145,7 @@ def teacher_targets(teacher: str, input_size: str, dataset: RemappedDataset, nam
     With a cache they are read from it per frame (`SoftLabels`); without one, a list in memory."""
     from tqdm import tqdm
 
-    from edgeseg.zoo import DIGEST_KEY, checkpoint_metadata, init_entry, init_model, is_checkpoint, save_verified
+    from edgeseg.zoo.build import DIGEST_KEY, checkpoint_metadata, init_entry, init_model, is_checkpoint, save_verified
 
     entry = init_entry(teacher)
     class_map = teacher_class_map(teacher, entry.class_names, names, label_map)

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeseg.data import RemappedDataset, label_lut, open_dataset
+from edgeseg.data.datasets import RemappedDataset, label_lut, open_dataset
+from edgeseg.data.labelsets import source_classes
+from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.files import ensure_writable_dir
-from edgeseg.labelsets import source_classes
-from edgeseg.registry import ModelEntry
+from edgeseg.io.files import ensure_writable_dir
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
     load_state,
@@ -49,8 +49,8 @@ from edgeseg.training.data import (
 from edgeseg.training.distill import CACHE_NAME, SoftLabels, distillation_sum, teacher_targets
 from edgeseg.training.distributed import Dist
 from edgeseg.training.validation import remapped_pretrained_runtime, validate
-from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
-from edgeseg.zoo import init_entry, init_model, is_checkpoint, zoo_base
+from edgeseg.zoo.build import init_entry, init_model, is_checkpoint, zoo_base
+from edgeseg.zoo.registry import ModelEntry
 
 POLY_POWER = 0.9
 
@@ -378,7 +378,7 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
                train_loss: float, seconds: float) -> None:
     """Validates, then (rank 0) writes the log, the folded checkpoints and state.pt, in that order.
     Non-finite weights are never written: the run stops first, naming the last good epoch."""
-    from edgeseg.zoo import save_checkpoint
+    from edgeseg.zoo.build import save_checkpoint
 
     bad = first_non_finite(model, optimizer)
     if bad is not None:

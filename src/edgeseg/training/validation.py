@@ -9,15 +9,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from edgeseg.data import RemappedDataset, label_lut, open_dataset, resolve_label_map
+from edgeseg.data.datasets import RemappedDataset, label_lut, open_dataset, resolve_label_map
+from edgeseg.data.labelsets import MappedRuntime
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.evaluate import evaluate
-from edgeseg.labelsets import MappedRuntime
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.evaluation.evaluate import evaluate
+from edgeseg.evaluation.metrics import ConfusionMatrix
 from edgeseg.pipeline import Runtime
-from edgeseg.registry import Preprocess
 from edgeseg.training.distributed import Dist
-from edgeseg.voc import VOC_CLASSES
+from edgeseg.zoo.registry import Preprocess
 
 
 def validate(runtime: Runtime, dataset: RemappedDataset, names: tuple[str, ...], dist: Dist, *,
@@ -38,7 +38,7 @@ def remapped_pretrained_runtime(init: str, names: tuple[str, ...], data: str | P
     """Returns zoo model (or checkpoint) `init` as a runtime whose VOC predictions are remapped to `names`,
     run with `preprocess` (default: the init's own input handling)."""
     from edgeseg.runtimes.torch import TorchRuntime
-    from edgeseg.zoo import init_entry, init_model
+    from edgeseg.zoo.build import init_entry, init_model
 
     entry = init_entry(init)
     if entry.class_names != VOC_CLASSES:

@@ -10,7 +10,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from edgeseg.tflite_file import builtin_code, decoded_name, parse_model
+from edgeseg.tflite.reader import builtin_code, decoded_name, parse_model
 
 _OPS = schema.BuiltinOperator
 

@@ -23,7 +23,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import DEEPLAB, Runtime, Size
 
 if TYPE_CHECKING:
-    from edgeseg.registry import ModelEntry, Preprocess
+    from edgeseg.zoo.registry import ModelEntry, Preprocess
 
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 BACKENDS = ("litert", "torch")
@@ -120,8 +120,8 @@ def torch_available() -> bool:
 
 def tflite_class_names(path: str | Path, num_classes: int) -> tuple[str, ...]:
     """Returns the class names stored in an edgeseg export, else VOC's for 21 classes, else class_<i>."""
-    from edgeseg.tflite_file import CLASSES_METADATA, read_metadata
-    from edgeseg.voc import VOC_CLASSES
+    from edgeseg.data.voc import VOC_CLASSES
+    from edgeseg.tflite.reader import CLASSES_METADATA, read_metadata
 
     stored = read_metadata(path).get(CLASSES_METADATA)
     if stored:
@@ -193,11 +193,11 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
                                preprocess=_input_handling(entry.preprocess, input_size, upscale))
         return OpenedModel(runtime, entry.class_names, _described(str(weights), runtime, input_size, upscale),
                            Path(weights).name, "torch")
-    from edgeseg.registry import get_entry
+    from edgeseg.zoo.registry import get_entry
 
     entry = get_entry(str(model or DEFAULT_MODEL))
     if (backend or "litert") == "litert":
-        from edgeseg.zoo import official_tflite
+        from edgeseg.zoo.build import official_tflite
 
         runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads, delegate=delegate)
         runtime = _with_input_handling(runtime, input_size, upscale, f"{entry.name}'s official file")
@@ -266,8 +266,8 @@ def load_torch_model(model: str | None = None, weights: str | Path | None = None
     """Returns (torch model, registry entry) for a zoo name or a fine-tuned checkpoint (needs torch)."""
     if not torch_available():
         raise EdgesegError("the PyTorch model needs PyTorch: pip install 'edgeseg[torch]'")
-    from edgeseg.registry import get_entry
-    from edgeseg.zoo import create_model, load_checkpoint
+    from edgeseg.zoo.build import create_model, load_checkpoint
+    from edgeseg.zoo.registry import get_entry
 
     if weights is not None:
         return load_checkpoint(Path(weights))

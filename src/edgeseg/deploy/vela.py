@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path
+from edgeseg.io.files import atomic_path
 
 VELA_VERSION = "5.2.0"  # pinned in the npu extra: estimates change between Vela releases
 VELA_CUSTOM_OP = "CUSTOM:ethos-u"
@@ -102,7 +102,7 @@ def compile_for_ethos_u(path: str | Path, output: str | Path | None = None) -> V
 
 
 def _read_estimate(source: Path, compiled: Path, summary: Path, output: str | Path | None) -> VelaEstimate:
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.tflite.reader import TFLiteFile
 
     with summary.open(newline="") as f:
         row = next(csv.DictReader(f))

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.backends import open_runtime
-from edgeseg.compat import VX_DELEGATE_SOURCE, unsupported_ops
-from edgeseg.complexity import count_ops, count_params
-from edgeseg.data import SegmentationFolder
-from edgeseg.evaluate import EvalResult, evaluate
-from edgeseg.export import ExportOptions, export_tflite, inspect_tflite
-from edgeseg.files import atomic_path, write_json
-from edgeseg.labelsets import MappedRuntime, load_mapping, mapping_lut
+from edgeseg.data.datasets import SegmentationFolder
+from edgeseg.data.labelsets import MappedRuntime, load_mapping, mapping_lut
+from edgeseg.deploy.export import ExportOptions, export_tflite, inspect_tflite
+from edgeseg.deploy.targets import VX_DELEGATE_SOURCE, unsupported_ops
+from edgeseg.deploy.vela import IMX93_OPTIONS, VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
+from edgeseg.evaluation.complexity import count_ops, count_params
+from edgeseg.evaluation.evaluate import EvalResult, evaluate
+from edgeseg.io.files import atomic_path, write_json
 from edgeseg.pipeline import input_hw
-from edgeseg.registry import ModelEntry
-from edgeseg.vela import IMX93_OPTIONS, VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
+from edgeseg.runtimes.factory import open_runtime
+from edgeseg.zoo.registry import ModelEntry
 
 COLUMNS = ("Model", "Architecture", "Backbone", "Training Dataset", "mIoU FP32", "mIoU INT8", "Input size",
            "OPS", "Params", "FP32 Size", "INT8 Size", "i.MX 93 NPU (Vela estimate)", "Compatibility")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from edgeseg.errors import EdgesegError
-from edgeseg.tflite_file import TFLiteFile
+from edgeseg.tflite.reader import TFLiteFile
 
 _HEAD_SCOPES = {
     "aspp0": "head.aspp0",
@@ -68,11 +68,3 @@ def state_dict_from_tflite(path: str | Path, backbone_scope: str = "MobilenetV2"
         state[f"{module}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(w))
         state[f"{module}.conv.bias"] = torch.from_numpy(bias.dequantized().astype(np.float32))
     return state
-
-
-def load_official_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Copies the official file's weights into `model`, failing on any missing, extra or misshaped tensor."""
-    from edgeseg.zoo import load_state_checked
-
-    load_state_checked(model, state_dict_from_tflite(path), str(path))
-    return model

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.data.voc import IGNORE_INDEX, MAX_CLASSES, voc_palette
 from edgeseg.errors import EdgesegError
-from edgeseg.voc import IGNORE_INDEX, MAX_CLASSES, voc_palette
 
 # Cityscapes' 19 train ids, in order (road = 0 ... bicycle = 18), and its official colours.
 CITYSCAPES_CLASSES: tuple[str, ...] = (

@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgeseg.data.labelsets import CITYSCAPES_CLASSES
+from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.labelsets import CITYSCAPES_CLASSES
-from edgeseg.voc import VOC_CLASSES
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from edgeseg.tflite_file import builtin_code, decoded_name
+from edgeseg.tflite.reader import builtin_code, decoded_name
 
 _OPS = schema.BuiltinOperator
 _CONVS = (_OPS.CONV_2D, _OPS.DEPTHWISE_CONV_2D)

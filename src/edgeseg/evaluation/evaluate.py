@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.data import RemappedDataset, SegmentationFolder
+from edgeseg.data.datasets import RemappedDataset, SegmentationFolder
 from edgeseg.errors import EdgesegError
-from edgeseg.metrics import ConfusionMatrix, check_label_range
+from edgeseg.evaluation.metrics import ConfusionMatrix, check_label_range
 from edgeseg.pipeline import Runtime, segment
 
 

@@ -85,7 +85,7 @@ def qat_ranges(float_path: Path, official_path: Path) -> dict[str, tuple[float, 
     weights (the zoo imports them exactly), a residual ADD by its matched inputs; their output ranges are
     the official file's. Tensors left unmatched keep the calibrated ranges.
     """
-    from edgeseg.tflite_file import TFLiteFile
+    from edgeseg.tflite.reader import TFLiteFile
 
     ours, official = TFLiteFile(float_path), TFLiteFile(official_path)
     convs = ("CONV_2D", "DEPTHWISE_CONV_2D")

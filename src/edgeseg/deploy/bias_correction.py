@@ -21,7 +21,7 @@ from ai_edge_litert import schema_py_generated as schema
 from tqdm import tqdm
 
 from edgeseg.logs import progress_stream
-from edgeseg.tflite_file import builtin_code, decoded_name
+from edgeseg.tflite.reader import builtin_code, decoded_name
 
 _OPS = schema.BuiltinOperator
 _CONVS = (_OPS.CONV_2D, _OPS.DEPTHWISE_CONV_2D)
@@ -118,7 +118,7 @@ def correct_biases(model: schema.ModelT, float_path: Path, images: list[np.ndarr
     (as AIMET's empirical bias correction does): correcting all at once would also "correct" errors that
     only came from upstream, and over-correct. `only` names the conv outputs to correct (default: all).
     """
-    from edgeseg.tflite_edit import serialize
+    from edgeseg.tflite.edit import serialize
 
     convs, images = [c for c in _convs(model) if only is None or c.output in only], images[:count]
     float_outputs = _float_outputs(float_path, convs, images)

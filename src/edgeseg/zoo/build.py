@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path
+from edgeseg.io.files import atomic_path
 from edgeseg.pipeline import input_hw, parse_size
-from edgeseg.registry import ModelEntry, get_entry, get_family
-from edgeseg.weights import cache_dir, resolve_weights
+from edgeseg.zoo.registry import ModelEntry, get_entry, get_family
+from edgeseg.zoo.weights import cache_dir, resolve_weights
 
 
 def official_tflite(name: str) -> Path:
@@ -81,7 +81,7 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
     """
     import sys
 
-    from edgeseg.import_official import state_dict_from_tflite
+    from edgeseg.zoo.official import state_dict_from_tflite
 
     cached = cache_dir() / f"{entry.name}-{entry.weights.sha256[:12]}.safetensors"
     if cached.is_file():
@@ -127,7 +127,7 @@ def _with_classifier_for(model, state: dict, trained: tuple[str, ...], names: tu
     classes that `trained` knows, directly or through a shipped mapping, are copied; the rest stay new."""
     if names == trained:
         return state
-    from edgeseg.labelsets import source_classes
+    from edgeseg.data.labelsets import source_classes
 
     sources = source_classes(trained, names)
     fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
@@ -182,6 +182,14 @@ def load_state_checked(model, state: dict, source: str) -> None:
             raise EdgesegError(f"{source}: {name} has shape {tuple(value.shape)}, "
                                f"the model expects {tuple(expected[name].shape)}")
     model.load_state_dict(state)
+
+
+def load_official_weights(model: Any, path: str | Path) -> Any:
+    """Copies the official file's weights into `model`, failing on any missing, extra or misshaped tensor."""
+    from edgeseg.zoo.official import state_dict_from_tflite
+
+    load_state_checked(model, state_dict_from_tflite(path), str(path))
+    return model
 
 
 # Fine-tuned checkpoints: safetensors whose metadata names the base entry and the class names.

@@ -332,7 +332,7 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: Fraction,
                  time_base: Fraction | None = None) -> None:
-        from edgeseg.files import check_output_file
+        from edgeseg.io.files import check_output_file
 
         av = require_av()
         self.path = check_output_file(path)
@@ -423,7 +423,7 @@ class VideoWriter:
         except (av.error.FFmpegError, OSError) as exc:
             self.abort()
             raise EdgesegError(f"cannot write video {self.path} ({_first_line(exc)})") from None
-        from edgeseg.files import remove_stale_parts
+        from edgeseg.io.files import remove_stale_parts
 
         remove_stale_parts(self.path.parent, force=True)
         return self.path
@@ -491,7 +491,7 @@ def segment_video(
     and stats.interrupted is set; further Ctrl-C wait until that is done. Any error removes the partial
     file and raises EdgesegError.
     """
-    from edgeseg.files import interrupts_held_after_first
+    from edgeseg.io.files import interrupts_held_after_first
 
     check_frame_options(every, max_frames)
     with interrupts_held_after_first():
@@ -508,8 +508,8 @@ def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple
              ) -> VideoStats:
     from tqdm import tqdm
 
-    from edgeseg.api import blend_image
     from edgeseg.pipeline import fit_for, restore_size
+    from edgeseg.visualize import blend_image
 
     stats = VideoStats(video.source, writer.path, 0, 0.0, {stage: [] for stage in STAGES})
     counts = np.zeros(256, dtype=np.int64)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edgeseg.backends import open_runtime
 from edgeseg.pipeline import fit_for, load_image, restore_size
+from edgeseg.runtimes.factory import open_runtime
 
 STAGES = ("decode", "preprocess", "invoke", "postprocess")
 

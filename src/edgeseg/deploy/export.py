@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edgeseg.compat import TARGET_DEFAULTS, TARGETS, VELA_TARGETS
+from edgeseg.deploy.targets import TARGET_DEFAULTS, TARGETS, VELA_TARGETS
+from edgeseg.deploy.vela import VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path, check_output_file
+from edgeseg.io.files import atomic_path, check_output_file
 from edgeseg.logs import progress_stream, status, third_party_output
 from edgeseg.pipeline import (
     DEEPLAB,
@@ -42,7 +43,7 @@ from edgeseg.pipeline import (
     pack_space_to_depth,
     packed_size,
 )
-from edgeseg.tflite_file import (
+from edgeseg.tflite.reader import (
     CLASSES_METADATA,
     INPUT_LAYOUT_METADATA,
     INPUT_SIZE_METADATA,
@@ -50,7 +51,6 @@ from edgeseg.tflite_file import (
     UPSCALE_METADATA,
     TFLiteFile,
 )
-from edgeseg.vela import VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
 
 PRECISIONS, INPUTS, OUTPUTS, GRANULARITIES = ("fp32", "int8"), ("uint8", "int8", "float32"), \
     ("argmax", "logits"), ("per-channel", "per-tensor")
@@ -194,7 +194,7 @@ def calibration_images(root: Path, split: str, count: int, input_size: Size,
                        upscale: bool = False) -> list[np.ndarray]:
     """Returns up to `count` preprocessed images (1, S, S, 3) from a dataset or a plain folder of images (no
     masks needed); warns if fewer exist."""
-    from edgeseg.data import open_images
+    from edgeseg.data.datasets import open_images
     from edgeseg.pipeline import fit_to_input
 
     if split == "val":
@@ -274,10 +274,10 @@ def _quantizer(float_path: Path, granularity: str):
 def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions):
     """Returns the quantized model (flatbuffer object) and, for per-tensor files, how many conv weights
     were re-quantized exactly onto their QAT grid ("n of m")."""
-    from edgeseg.activation_ranges import mse_ranges
-    from edgeseg.per_tensor import to_uint8
+    from edgeseg.deploy.activation_ranges import mse_ranges
+    from edgeseg.deploy.per_tensor import to_uint8
     from edgeseg.runtimes.litert import quiet_native_stderr
-    from edgeseg.tflite_edit import read_model
+    from edgeseg.tflite.edit import read_model
 
     float_file = TFLiteFile(float_path)
     input_name = float_file.inputs[0].name
@@ -291,7 +291,7 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
                           for k, v in ranges[input_name].items()}
     learned = {}
     if options.activation_ranges == "qat":
-        from edgeseg.activation_ranges import qat_ranges
+        from edgeseg.deploy.activation_ranges import qat_ranges
 
         learned = qat_ranges(float_path, options.qat_file)
     if options.activation_ranges in ("mse", "qat"):
@@ -323,8 +323,8 @@ def _correct_biases(model, float_path: Path, images: list[np.ndarray], only: set
     checkpoints: +3.6 and -0.7 mIoU), so by default the correction is kept only if the file then agrees
     with the float file on more pixels of calibration images it was not measured on.
     """
-    from edgeseg.bias_correction import IMAGES, agreement, correct_biases
-    from edgeseg.tflite_edit import read_model, serialize
+    from edgeseg.deploy.bias_correction import IMAGES, agreement, correct_biases
+    from edgeseg.tflite.edit import read_model, serialize
 
     before = serialize(model)
     correct_biases(model, float_path, images, only=only)
@@ -354,7 +354,7 @@ def export_tflite(
     with third_party_output("export"):  # torchao's load failures, torch's deprecation warnings
         import litert_torch
 
-    from edgeseg.tflite_edit import add_metadata, feed_argmax_integers, read_model, retype_input, serialize
+    from edgeseg.tflite.edit import add_metadata, feed_argmax_integers, read_model, retype_input, serialize
 
     options = options.resolved()
     path = Path(path)

@@ -16,8 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_path
-from edgeseg.registry import WeightsFile
+from edgeseg.io.files import atomic_path
+from edgeseg.zoo.registry import WeightsFile
 
 HOME_ENV = "EDGESEG_HOME"
 MIRROR_ENV = "EDGESEG_MIRROR"

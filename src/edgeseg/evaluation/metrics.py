@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeseg.data.voc import IGNORE_INDEX
 from edgeseg.errors import EdgesegError
-from edgeseg.voc import IGNORE_INDEX
 
 
 class LabelRangeError(EdgesegError, ValueError):

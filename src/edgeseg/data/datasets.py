@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image
-from edgeseg.voc import IGNORE_INDEX, VOC_CLASSES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -235,7 +235,7 @@ def label_lut(label_map: str, names: tuple[str, ...]) -> np.ndarray | None:
 class RemappedDataset:
     """A dataset whose `load(sample)` returns masks with labels sent through a lookup table.
 
-    Has what `edgeseg.evaluate.evaluate` uses: `samples`, `description`, `len()`, `load()`.
+    Has what `edgeseg.evaluation.evaluate.evaluate` uses: `samples`, `description`, `len()`, `load()`.
     """
 
     def __init__(self, base, lut: np.ndarray | None, names: tuple[str, ...], limit: int | None = None):

@@ -1,0 +1,1 @@
+"""Files and media: atomic writes, video and camera input and output."""

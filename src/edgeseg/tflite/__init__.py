@@ -1,0 +1,1 @@
+"""Reading and editing .tflite flatbuffers (no interpreter needed to read)."""
