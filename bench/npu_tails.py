@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 from edgeseg.data.datasets import open_dataset
 from edgeseg.deploy.vela import compile_for_ethos_u
+from edgeseg.evaluation.benchmark import benchmark_file
 from edgeseg.evaluation.evaluate import evaluate
-from edgeseg.pipeline import fit_for, load_image, restore_size
 from edgeseg.runtimes.factory import open_runtime, tflite_class_names
 from edgeseg.tflite.reader import CLASSES_METADATA, read_metadata
 from edgeseg.zoo.registry import get_entry
@@ -34,21 +33,10 @@ os.environ.setdefault("EDGESEG_MIRROR", str(REPO.parent / "shared" / "models"))
 
 
 def host_ratio(path: Path, image: Path, runs: int) -> tuple[float, float, float]:
-    """Median invoke ms, median host-tail ms (get_labels + restore_size), one thread, interleaved per frame."""
-    runtime = open_runtime(path, "litert", threads=1)
-    pixels = load_image(image)
-    fitted = fit_for(pixels, runtime)
-    invoke, tail = [], []
-    for i in range(runs + 3):
-        runtime.set_input(fitted)
-        t0 = time.perf_counter()
-        runtime.invoke()
-        t1 = time.perf_counter()
-        restore_size(runtime.get_labels(*fitted.shape[:2]), *pixels.shape[:2])
-        t2 = time.perf_counter()
-        if i >= 3:
-            invoke.append(1000 * (t1 - t0))
-            tail.append(1000 * (t2 - t1))
+    """Median invoke ms, median host-tail ms (crop, upsample and argmax, resize back), and the median of their
+    per-frame ratio: `edgeseg benchmark`'s stages, one thread, each frame timing both."""
+    stages = benchmark_file(path, image, threads=1, runs=runs, warmup=3).stage_ms
+    invoke, tail = stages["invoke"], stages["postprocess"]
     return statistics.median(invoke), statistics.median(tail), statistics.median(t / i for t, i in zip(tail, invoke))
 
 

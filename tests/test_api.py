@@ -31,7 +31,7 @@ def seg():
 
 def test_readme_api_example_runs_as_written(tmp_path, monkeypatch):
     text = (REPO / "README.md").read_text()
-    section = text.split("\n## API", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Quick start: Python", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     shutil.copy(PHOTO, tmp_path / "photo.jpg")

@@ -208,6 +208,30 @@ def _first_interrupt_only(signum: int, frame: object) -> None:
 
 
 @contextmanager
+def interrupts_as_requests(requested: threading.Event | None = None) -> Iterator[threading.Event]:
+    """Inside the block Ctrl-C raises nothing: it sets the yielded event, which the caller checks at safe points
+    (between video frames). A KeyboardInterrupt raised inside a queue or lock operation can leave a pipeline's
+    threads waiting on each other forever; a flag cannot. The interrupt counts as the first for an enclosing
+    `interrupts_held_after_first`, so later ones stay held through the cleanup. Outside the main thread, or
+    where SIGINT has a handler of someone else's, the event is never set and Ctrl-C behaves as before."""
+    requested = requested or threading.Event()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, _first_interrupt_only):
+        yield requested
+        return
+
+    def request(signum: int, frame: object) -> None:
+        requested.set()
+        _HOLDING["raised"] = True
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def interrupts_held_after_first(*, exiting: bool = False) -> Iterator[None]:
     """Inside the block the first Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and any later one is
     ignored until the block ends, so the cleanup the first one starts (committing the playable video, writing

@@ -231,11 +231,12 @@ class VideoInput:
         finally:
             timed.close()  # stops the decoder thread now, not when the generator is collected
 
-    def timed_frames(self, every: int = 1, max_frames: int | None = None,
+    def timed_frames(self, every: int = 1, max_frames: int | None = None, until: threading.Event | None = None,
                      ) -> Iterator[tuple[int, Fraction, np.ndarray]]:
         """As `frames`, with each frame's presentation time in seconds from the first frame:
         (index, time, pixels). Once the last frame is yielded, `end_time` says when it ends: at the
-        next frame `every` would keep, or at the end of the stream."""
+        next frame `every` would keep, or at the end of the stream. Setting `until` ends the iteration
+        even while a camera sends nothing."""
         check_frame_options(every, max_frames)
         self.end_time = None
         frames: queue.Queue = queue.Queue(maxsize=4)
@@ -244,7 +245,12 @@ class VideoInput:
         worker.start()
         try:
             while True:
-                item = frames.get()
+                try:
+                    item = frames.get(timeout=0.1)
+                except queue.Empty:
+                    if until is not None and until.is_set():
+                        return
+                    continue
                 if item is _DONE:
                     return
                 if isinstance(item, _End):
@@ -508,6 +514,7 @@ def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple
              ) -> VideoStats:
     from tqdm import tqdm
 
+    from edgeseg.io.files import interrupts_as_requests
     from edgeseg.pipeline import fit_for, restore_size
     from edgeseg.visualize import blend_image
 
@@ -541,37 +548,40 @@ def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple
     encoder.start()
     began = time.perf_counter()
     has_steps = all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels", "lock"))
-    frames = video.timed_frames(every=every, max_frames=max_frames)
+    stop = threading.Event()
+    frames = video.timed_frames(every=every, max_frames=max_frames, until=stop)
     times: list[Fraction] = []  # of the frames segmented: the one after the last encoded ends it
     try:
-        for index, at, pixels in frames:
-            times.append(at)
-            if failure:
-                break
-            t0 = time.perf_counter()
-            fitted = fit_for(pixels, runtime)
-            if has_steps:  # LiteRT: time each step, holding the runtime against other threads' calls
-                with runtime.lock:
-                    runtime.set_input(fitted)
+        with interrupts_as_requests(stop):  # Ctrl-C ends the loop between frames, never inside a queue call
+            for index, at, pixels in frames:
+                times.append(at)
+                if failure or stop.is_set():
+                    break
+                t0 = time.perf_counter()
+                fitted = fit_for(pixels, runtime)
+                if has_steps:  # LiteRT: time each step, holding the runtime against other threads' calls
+                    with runtime.lock:
+                        runtime.set_input(fitted)
+                        t1 = time.perf_counter()
+                        runtime.invoke()
+                        t2 = time.perf_counter()
+                        labels = runtime.get_labels(*fitted.shape[:2])
+                else:
                     t1 = time.perf_counter()
-                    runtime.invoke()
+                    labels = runtime.predict(fitted)
                     t2 = time.perf_counter()
-                    labels = runtime.get_labels(*fitted.shape[:2])
-            else:
-                t1 = time.perf_counter()
-                labels = runtime.predict(fitted)
-                t2 = time.perf_counter()
-            labels = restore_size(labels, video.height, video.width)
-            t3 = time.perf_counter()
-            stats.stage_ms["preprocess"].append((t1 - t0) * 1000)
-            stats.stage_ms["invoke"].append((t2 - t1) * 1000)
-            stats.stage_ms["postprocess"].append((t3 - t2) * 1000)
-            counts += np.bincount(labels.reshape(-1), minlength=256)[:256]
-            if on_frame is not None:
-                on_frame(index, labels)
-            results.put((pixels, labels, at))
-            stats.frames += 1
-    except KeyboardInterrupt:
+                labels = restore_size(labels, video.height, video.width)
+                t3 = time.perf_counter()
+                stats.stage_ms["preprocess"].append((t1 - t0) * 1000)
+                stats.stage_ms["invoke"].append((t2 - t1) * 1000)
+                stats.stage_ms["postprocess"].append((t3 - t2) * 1000)
+                counts += np.bincount(labels.reshape(-1), minlength=256)[:256]
+                if on_frame is not None:
+                    on_frame(index, labels)
+                results.put((pixels, labels, at))
+                stats.frames += 1
+        stats.interrupted = stop.is_set()
+    except KeyboardInterrupt:  # where Ctrl-C could not be made a request (not the main thread)
         stats.interrupted = True
     except BaseException:
         results.put(_DONE)
