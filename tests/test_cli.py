@@ -1,8 +1,10 @@
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from PIL import Image
 
 from edgeseg.cli import main
 from edgeseg.data.voc import VOC_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
 
 SKIMAGE = pytest.importorskip("skimage.data")
 
@@ -316,3 +320,28 @@ def test_export_calibrates_on_a_plain_folder_and_prints_only_its_own_lines(tmp_p
     assert result.stdout.count("\n") == 6  # wrote, input, output, ops, tensor types, calibration
     lines = [line.strip() for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert all(line.startswith(("calibration", "conversion")) for line in lines), result.stderr
+
+
+def test_every_flag_the_docs_show_is_one_the_command_takes():
+    # The README once told `train` to take --split, which it does not: each `edgeseg COMMAND ... --flag` in the
+    # README and docs/ must name an option of that command (old spellings count: they still work).
+    import re
+
+    from edgeseg.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    known = {name: {s for a in p._actions for s in a.option_strings} for name, p in commands.items()}
+    known_global = {s for a in parser._actions for s in a.option_strings}
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    wrong = []
+    for path in texts:
+        # a command line: `edgeseg COMMAND ...` up to the end of the line, following backslash continuations
+        for match in re.finditer(r"edgeseg (\w+)((?:[^\n`|]|\\\n)*)", path.read_text()):
+            command, rest = match.group(1), match.group(2).split("#")[0]
+            if command not in known:
+                continue
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                if flag not in known[command] | known_global:
+                    wrong.append(f"{path.name}: edgeseg {command} {flag}")
+    assert not wrong, wrong

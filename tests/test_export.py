@@ -362,3 +362,16 @@ def test_zoo_models_default_to_qat_ranges_per_tensor_and_checkpoints_to_mse(tmp_
     assert ExportOptions(calib_root=tmp_path, qat_file=qat).resolved().activation_ranges == "ema"  # per-channel
     with pytest.raises(EdgesegError, match="needs the official QAT file"):
         ExportOptions(target="imx8mp", calib_root=tmp_path, activation_ranges="qat").resolved()
+
+
+def test_default_export_paths_name_the_model_or_the_run():
+    from edgeseg.deploy.export import default_export_path
+
+    int8 = ExportOptions(calib_root="x").resolved()
+    assert str(default_export_path("deeplabv3_mnv2_dm05_voc", int8)) == "exports/deeplabv3_mnv2_dm05_voc_int8.tflite"
+    imx93 = ExportOptions(target="imx93", calib_root="x").resolved()
+    assert default_export_path("m", imx93).name == "m_int8_imx93.tflite"
+    # Checkpoints of two runs used to share exports/best_int8.tflite, each export replacing the last.
+    a = default_export_path("best", int8, "runs/crack/best.safetensors")
+    b = default_export_path("best", int8, "runs/person/best.safetensors")
+    assert (a.name, b.name) == ("crack_best_int8.tflite", "person_best_int8.tflite")

@@ -420,3 +420,28 @@ def _signature(tensor) -> dict:
     return {"dtype": tensor.dtype, "shape": list(tensor.shape),
             "scale": float(tensor.scale[0]) if quantized else None,
             "zero_point": int(tensor.zero_point[0]) if quantized else None}
+
+
+def default_export_path(model: str, options: ExportOptions, weights: str | Path | None = None) -> Path:
+    """exports/<model>_<precision>[_<options>].tflite, naming every option that differs from its default. A
+    checkpoint is named by its run folder and file (runs/crack/best.safetensors -> crack_best), so exports of
+    different runs do not replace each other."""
+    name = f"{Path(weights).parent.name}_{Path(weights).stem}".lstrip("_") if weights is not None else model
+    return Path("exports") / ("_".join([name, options.precision, *export_suffixes(options)]) + ".tflite")
+
+
+def export_suffixes(options: ExportOptions) -> list[str]:
+    """File-name parts for every export option that differs from its default (the target's, where it has one)."""
+    defaults = {"output": "argmax", "stem": "conv", **TARGET_DEFAULTS.get(options.target or "", {})}
+    parts = [] if options.output == defaults["output"] else [options.output]
+    parts += [] if options.stem == defaults["stem"] else [options.stem.replace("-", "_")]
+    parts += [] if options.input_size == (513, 513) else ["x".join(map(str, options.input_size))]
+    if options.target is not None:
+        return [options.target, *parts]
+    if options.precision == "int8":
+        parts += [] if options.input == "uint8" else [f"{options.input}_input"]
+        parts += [] if options.granularity == "per-channel" else ["per_tensor"]
+        parts += [] if options.weight_ranges == "mse" else [f"{options.weight_ranges}_weights"]
+        expected = {DEFAULT_ACTIVATION_RANGES[options.granularity]} | ({"qat"} if options.qat_file else set())
+        parts += [] if options.activation_ranges in expected else [f"{options.activation_ranges}_activations"]
+    return parts

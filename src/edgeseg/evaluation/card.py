@@ -25,6 +25,7 @@ from edgeseg.evaluation.evaluate import EvalResult, evaluate
 from edgeseg.io.files import atomic_path, write_json
 from edgeseg.pipeline import input_hw
 from edgeseg.runtimes.factory import open_runtime
+from edgeseg.zoo.build import qat_ranges_file
 from edgeseg.zoo.registry import ModelEntry
 
 COLUMNS = ("Model", "Architecture", "Backbone", "Training Dataset", "mIoU FP32", "mIoU INT8", "Input size",
@@ -60,7 +61,7 @@ def measure(
              "imx93": out_dir / f"{entry.name}_imx93.tflite"}
     frames = {"input_size": size, "upscale": entry.preprocess.upscale}
     calibrated = {**frames, "calib_root": calib_root, "calib_count": calib_count}
-    qat_file = item.official_tflite if entry.per_tensor_activations == "qat" else None
+    qat_file = qat_ranges_file(entry.name) if item.official_tflite is not None else None
     variants = {"fp32": ExportOptions(precision="fp32", **frames),
                 "int8": ExportOptions(precision="int8", **calibrated),
                 "int8_per_tensor": ExportOptions(target="imx8mp", qat_file=qat_file, **calibrated),
@@ -243,3 +244,13 @@ def write_card(entries: list[ModelEntry], facts: list[dict], data: str, out_dir:
     with atomic_path(path) as tmp:
         tmp.write_text(markdown(entries, facts, data))
     return path
+
+
+def scores_on(entry: ModelEntry, class_map: str | None) -> bool:
+    """True if the entry's classes are the data's: VOC's without a class map, else those the map covers."""
+    from edgeseg.data.labelsets import load_mapping
+    from edgeseg.data.voc import VOC_CLASSES
+
+    if class_map is None:
+        return entry.class_names == VOC_CLASSES
+    return set(entry.class_names) <= set(load_mapping(class_map).pairs)

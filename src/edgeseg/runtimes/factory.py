@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import DEEPLAB, Runtime, Size
+from edgeseg.zoo.registry import DEFAULT_MODEL  # noqa: F401 - also importable from here
 
 if TYPE_CHECKING:
     from edgeseg.zoo.registry import ModelEntry, Preprocess
 
-DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"
 BACKENDS = ("litert", "torch")
 
 

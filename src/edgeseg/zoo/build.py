@@ -15,7 +15,7 @@ from typing import Any
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
 from edgeseg.pipeline import input_hw, parse_size
-from edgeseg.zoo.registry import ModelEntry, get_entry, get_family
+from edgeseg.zoo.registry import DEFAULT_MODEL, ModelEntry, get_entry, get_family
 from edgeseg.zoo.weights import cache_dir, resolve_weights
 
 
@@ -243,3 +243,23 @@ def load_checkpoint(path: str | Path):
     model = build_model(entry)
     load_state_checked(model, read_verified(Path(path))[0], str(path))
     return model, entry
+
+
+def model_preprocess(model: str | None = None, weights: str | Path | None = None):
+    """The preprocessing of a checkpoint (its metadata) or a zoo model (default: the default model), read without
+    building it: a checkpoint trained for another input size brings its own."""
+    if weights is not None:
+        return checkpoint_entry(weights).preprocess
+    return get_entry(model or DEFAULT_MODEL).preprocess
+
+
+def qat_ranges_file(model: str | None = None, weights: str | Path | None = None,
+                    activation_ranges: str | None = None) -> Path | None:
+    """The official QAT file whose learned activation ranges an export uses: a zoo model's, when they are asked
+    for (`activation_ranges="qat"`) or when the entry chose them for per-tensor files (None, the default)."""
+    if activation_ranges not in (None, "qat") or weights is not None:
+        return None
+    entry = get_entry(model or DEFAULT_MODEL)
+    if activation_ranges is None and entry.per_tensor_activations != "qat":
+        return None
+    return official_tflite(entry.name)

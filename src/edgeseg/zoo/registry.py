@@ -132,6 +132,7 @@ register_family(Family("deeplabv3_mobilenet_v2", "edgeseg.models.deeplabv3:deepl
 register_family(Family("deeplab_edgetpu", "edgeseg.models.deeplabv3:deeplab_edgetpu_slim", "MobilenetEdgeTPU"))
 
 _CORAL = "https://github.com/google-coral/test_data/raw/master/"
+DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"  # what commands and the API run when no model is named
 VOC_SUBSET = "VOC12 val subset (166 of 1,449 images), 513x513"
 
 register(
