@@ -1,10 +1,14 @@
-"""Other libraries' output: quiet by default, shown with `edgeseg -v`.
+"""Other libraries' output: quiet by default, shown with `edgeseg -v`. The one place that silences anything.
 
 While edgeseg converts and quantizes a model, litert-torch, torchao, torch, absl and TensorFlow's C++ code write
 dozens of lines (library load failures that look like errors, FutureWarnings, per-pass timings). `third_party_output`
 sends all of it, Python and native, stdout and stderr, to a log file that is deleted when the step succeeds;
 edgeseg's own progress bars go to `progress_stream()`, the real stderr, meanwhile. With `set_verbose(True)`
 (`edgeseg -v`) nothing is diverted. An unexpected error inside becomes one line that names the kept log.
+
+Two narrower tools serve single calls: `native_stderr` filters what C++ code (LiteRT) writes to file descriptor
+2, and `discarded_stderr` drops Python-level stderr (the quantizer's per-op progress bars, thousands of lines
+that would fill the log).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -128,6 +132,46 @@ def third_party_output(step: str = "export") -> Iterator[None]:
             Path(log.name).unlink(missing_ok=True)
 
 
+def _everything(line: str) -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def native_stderr(drop: Callable[[str], bool] = _everything) -> Iterator[None]:
+    """Filters what native code writes to file descriptor 2 for the duration: its lines for which `drop` is
+    true are discarded, the others written on when the block ends. With -v nothing is dropped."""
+    if _verbose:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to filter
+        yield
+        return
+    _flush(sys.stderr)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not drop(line))
+            if kept:
+                sys.stderr.write(kept)
+                _flush(sys.stderr)
+
+
+@contextlib.contextmanager
+def discarded_stderr() -> Iterator[None]:
+    """Drops what Python code writes to sys.stderr for the duration (not edgeseg's own bars: they write to
+    `progress_stream()`)."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
+
+
 @contextlib.contextmanager
 def status(description: str) -> Iterator[None]:
     """Shows `description: <elapsed>` on the progress stream while a step without its own progress runs."""
@@ -153,4 +197,5 @@ def status(description: str) -> Iterator[None]:
         bar.close()
 
 
-__all__ = ["is_verbose", "progress_stream", "set_verbose", "status", "third_party_output"]
+__all__ = ["discarded_stderr", "is_verbose", "native_stderr", "progress_stream", "set_verbose", "status",
+           "third_party_output"]

@@ -32,7 +32,7 @@ from edgeseg.deploy.targets import TARGET_DEFAULTS, TARGETS, VELA_TARGETS
 from edgeseg.deploy.vela import VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path, check_output_file
-from edgeseg.logs import progress_stream, status, third_party_output
+from edgeseg.logs import discarded_stderr, native_stderr, progress_stream, status, third_party_output
 from edgeseg.pipeline import (
     DEEPLAB,
     PACKED_CHANNELS,
@@ -276,14 +276,13 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
     were re-quantized exactly onto their QAT grid ("n of m")."""
     from edgeseg.deploy.activation_ranges import mse_ranges
     from edgeseg.deploy.per_tensor import to_uint8
-    from edgeseg.runtimes.litert import quiet_native_stderr
     from edgeseg.tflite.edit import read_model
 
     float_file = TFLiteFile(float_path)
     input_name = float_file.inputs[0].name
     samples = tqdm([{"args_0": x} for x in images], desc="calibration", unit="img", file=progress_stream(),
                    leave=False)
-    with _quiet_progress(), quiet_native_stderr():
+    with discarded_stderr(), native_stderr():
         ranges = _quantizer(float_path, options.granularity).calibrate({"serving_default": samples}, num_threads=2)
     # Pin the input range to [-1, 127/128]: int8 scale exactly 1/128, zero point 0, so that uint8 raw
     # pixels map onto it with zero point 128, as in the official files.
@@ -302,7 +301,7 @@ def _quantize(float_path: Path, images: list[np.ndarray], options: ExportOptions
                         for k, v in ranges[name].items()}
     if options.granularity == "per-channel" and options.weight_ranges == "mse":
         ranges.update(_weight_ranges(float_path))
-    with _quiet_progress():
+    with discarded_stderr():
         result = _quantizer(float_path, options.granularity).quantize(ranges, enable_progress_report=False)
     model = read_model(bytes(result.quantized_model))
     if options.granularity != "per-tensor":
@@ -336,15 +335,6 @@ def _correct_biases(model, float_path: Path, images: list[np.ndarray], only: set
     print(f"bias correction {verdict}: agreement with FP32 {100 * was:.2f}% -> {100 * now:.2f}% on "
           f"{len(held_out)} calibration images it was not measured on", file=progress_stream())
     return model if now >= was else read_model(before)
-
-
-@contextlib.contextmanager
-def _quiet_progress():
-    """Sends the quantizer's per-op progress bars (thousands of lines in logs) to /dev/null."""
-    import os
-
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        yield
 
 
 def export_tflite(

@@ -9,11 +9,7 @@ runtime and its class names. Nothing here imports torch unless the torch backend
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -35,42 +31,7 @@ def _open_litert(source: object, *, threads: int | None = None, delegate: str | 
         raise EdgesegError("the litert backend runs a .tflite file; got a model object")
     from edgeseg.runtimes.litert import LiteRTRuntime
 
-    with _without_litert_info():
-        return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
-
-
-_LITERT_INFO = "INFO: Created TensorFlow Lite XNNPACK delegate"
-
-
-@contextmanager
-def _without_litert_info() -> Iterator[None]:
-    """Drops the "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line that LiteRT's C++ code writes to
-    stderr on every load; anything else it writes there is passed on. `edgeseg -v` keeps that line too."""
-    from edgeseg.logs import is_verbose
-
-    if is_verbose():
-        yield
-        return
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced by a Python object (pytest's capsys, IDEs)
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not line.startswith(_LITERT_INFO))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
+    return LiteRTRuntime(source, num_threads=threads, delegate=delegate)
 
 
 def _open_torch(source: object, *, num_classes: int | None = None, name: str = "torch",

@@ -6,10 +6,8 @@ files and edgeseg's exports. Needs only numpy, Pillow and ai-edge-litert (or, on
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 
 from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
+from edgeseg.logs import native_stderr
 from edgeseg.pipeline import (
     DEEPLAB,
     PACKED_CHANNELS,
@@ -61,21 +60,10 @@ INTERPRETER_MODULE, Interpreter, load_delegate = import_interpreter()
 MAX_THREADS = 256  # far above any edge CPU; LiteRT crashes on absurd counts (100000 segfaults)
 
 
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Sends what native code writes to file descriptor 2 to /dev/null for the duration."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def _litert_info(line: str) -> bool:
+    """LiteRT's info lines ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every load); its
+    warnings and errors are kept."""
+    return line.startswith("INFO: ")
 
 
 def _quantize_values(values: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
@@ -113,7 +101,7 @@ class LiteRTRuntime:
                                "exported beside it")
         delegates = [self._load_delegate(delegate)] if delegate else None
         try:
-            with quiet_native_stderr():  # XNNPACK's "INFO: Created ... delegate" line on every run
+            with native_stderr(drop=_litert_info):
                 self.interpreter = Interpreter(
                     model_path=str(self.path), num_threads=num_threads, experimental_delegates=delegates
                 )
