@@ -85,6 +85,13 @@ def measure(
     results: dict[str, EvalResult] = {
         key: evaluate(wrap(open_runtime(path, "litert", threads=threads)), dataset, class_names)
         for key, path in files.items()}
+    return _facts(item, ops, files, results, class_names, calib_count, reuse_exports, class_map)
+
+
+def _facts(item: CardModel, ops, files: dict[str, Path], results: dict[str, EvalResult],
+           class_names: tuple[str, ...], calib_count: int, reuse_exports: bool, class_map: str | None) -> dict:
+    """The card's facts for one model, from its files and their evaluations."""
+    entry = item.entry
     int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
     # Vela is deterministic: compiling again costs seconds and gives the export's own estimate.
     vela = {key: compile_for_ethos_u(files[key]).as_dict() for key in ("imx93", "official_int8") if key in files}

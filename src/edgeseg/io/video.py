@@ -509,45 +509,81 @@ def segment_video(
             raise
 
 
+class _Encoder:
+    """The encoding thread: blends each segmented frame with its labels and writes it; a failure is kept for the
+    main thread, and the queue still drained, so the producer never blocks."""
+
+    def __init__(self, writer: VideoWriter, class_names: tuple[str, ...], stats: VideoStats, bar) -> None:
+        self.writer, self.class_names, self.stats, self.bar = writer, class_names, stats, bar
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from edgeseg.visualize import blend_image
+
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if self.failure:
+                continue
+            pixels, labels, at = item
+            try:
+                start = time.perf_counter()
+                blended = blend_image(pixels, labels, class_names=self.class_names)
+                mid = time.perf_counter()
+                self.writer.write(blended, at)
+                self.stats.stage_ms["overlay"].append((mid - start) * 1000)
+                self.stats.stage_ms["encode"].append((time.perf_counter() - mid) * 1000)
+                self.bar.update(1)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.failure.append(exc)
+
+    def finish(self) -> None:
+        """Encodes what is queued, then ends the thread (a second Ctrl-C waits: interrupts_held_after_first)."""
+        self.queue.put(_DONE)
+        self.thread.join()
+
+
+def _segment_frame(runtime, pixels: np.ndarray, video: VideoInput, stats: VideoStats) -> np.ndarray:
+    """Labels of one frame at its own size, each stage timed into `stats`."""
+    from edgeseg.pipeline import fit_for, restore_size
+
+    t0 = time.perf_counter()
+    fitted = fit_for(pixels, runtime)
+    if all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels", "lock")):
+        with runtime.lock:  # LiteRT: time each step, holding the runtime against other threads' calls
+            runtime.set_input(fitted)
+            t1 = time.perf_counter()
+            runtime.invoke()
+            t2 = time.perf_counter()
+            labels = runtime.get_labels(*fitted.shape[:2])
+    else:
+        t1 = time.perf_counter()
+        labels = runtime.predict(fitted)
+        t2 = time.perf_counter()
+    labels = restore_size(labels, video.height, video.width)
+    stats.stage_ms["preprocess"].append((t1 - t0) * 1000)
+    stats.stage_ms["invoke"].append((t2 - t1) * 1000)
+    stats.stage_ms["postprocess"].append((time.perf_counter() - t2) * 1000)
+    return labels
+
+
 def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple[str, ...], every: int,
              max_frames: int | None, progress: bool, on_frame: Callable[[int, np.ndarray], None] | None,
              ) -> VideoStats:
     from tqdm import tqdm
 
     from edgeseg.io.files import interrupts_as_requests
-    from edgeseg.pipeline import fit_for, restore_size
-    from edgeseg.visualize import blend_image
 
     stats = VideoStats(video.source, writer.path, 0, 0.0, {stage: [] for stage in STAGES})
     counts = np.zeros(256, dtype=np.int64)
-    results: queue.Queue = queue.Queue(maxsize=4)
-    failure: list[BaseException] = []
-
-    def encode() -> None:
-        while True:
-            item = results.get()
-            if item is _DONE:
-                return
-            if failure:
-                continue  # keep draining so the producer never blocks
-            pixels, labels, at = item
-            try:
-                start = time.perf_counter()
-                blended = blend_image(pixels, labels, class_names=class_names)
-                mid = time.perf_counter()
-                writer.write(blended, at)
-                stats.stage_ms["overlay"].append((mid - start) * 1000)
-                stats.stage_ms["encode"].append((time.perf_counter() - mid) * 1000)
-                bar.update(1)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                failure.append(exc)
-
     bar = tqdm(total=video.expected_frames(every, max_frames), unit="frame", disable=not progress,
                desc=Path(video.source).name, leave=False)
-    encoder = threading.Thread(target=encode, daemon=True)
-    encoder.start()
+    encoder = _Encoder(writer, class_names, stats, bar)
     began = time.perf_counter()
-    has_steps = all(hasattr(runtime, name) for name in ("set_input", "invoke", "get_labels", "lock"))
     stop = threading.Event()
     frames = video.timed_frames(every=every, max_frames=max_frames, until=stop)
     times: list[Fraction] = []  # of the frames segmented: the one after the last encoded ends it
@@ -555,46 +591,35 @@ def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple
         with interrupts_as_requests(stop):  # Ctrl-C ends the loop between frames, never inside a queue call
             for index, at, pixels in frames:
                 times.append(at)
-                if failure or stop.is_set():
+                if encoder.failure or stop.is_set():
                     break
-                t0 = time.perf_counter()
-                fitted = fit_for(pixels, runtime)
-                if has_steps:  # LiteRT: time each step, holding the runtime against other threads' calls
-                    with runtime.lock:
-                        runtime.set_input(fitted)
-                        t1 = time.perf_counter()
-                        runtime.invoke()
-                        t2 = time.perf_counter()
-                        labels = runtime.get_labels(*fitted.shape[:2])
-                else:
-                    t1 = time.perf_counter()
-                    labels = runtime.predict(fitted)
-                    t2 = time.perf_counter()
-                labels = restore_size(labels, video.height, video.width)
-                t3 = time.perf_counter()
-                stats.stage_ms["preprocess"].append((t1 - t0) * 1000)
-                stats.stage_ms["invoke"].append((t2 - t1) * 1000)
-                stats.stage_ms["postprocess"].append((t3 - t2) * 1000)
+                labels = _segment_frame(runtime, pixels, video, stats)
                 counts += np.bincount(labels.reshape(-1), minlength=256)[:256]
                 if on_frame is not None:
                     on_frame(index, labels)
-                results.put((pixels, labels, at))
+                encoder.queue.put((pixels, labels, at))
                 stats.frames += 1
         stats.interrupted = stop.is_set()
     except KeyboardInterrupt:  # where Ctrl-C could not be made a request (not the main thread)
         stats.interrupted = True
     except BaseException:
-        results.put(_DONE)
-        encoder.join()
+        encoder.finish()
         bar.close()
         writer.abort()
         raise
     finally:
         frames.close()  # stops the decoder thread
-    results.put(_DONE)
-    encoder.join()  # a second Ctrl-C waits (interrupts_held_after_first): the frames done so far are kept
+    encoder.finish()
     bar.close()
     stats.seconds = time.perf_counter() - began
+    _commit(video, writer, stats, encoder.failure, times)
+    stats.shares = _shares(counts, class_names)
+    return stats
+
+
+def _commit(video: VideoInput, writer: VideoWriter, stats: VideoStats, failure: list[BaseException],
+            times: list[Fraction]) -> None:
+    """Commits the playable video of the frames encoded, or removes it and raises."""
     if failure:
         writer.abort()
         error = failure[0]
@@ -608,8 +633,9 @@ def _segment(video: VideoInput, runtime, writer: VideoWriter, class_names: tuple
     # The last frame lasts until the next one decoded, or the end of the stream (or of its `every` frames).
     writer.commit(times[stats.frames] if len(times) > stats.frames else video.end_time)
     stats.stage_ms["decode"] = list(video.decode_ms)
+
+
+def _shares(counts: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
     total = counts.sum()
     names = list(class_names) + [f"class_{i}" for i in range(len(class_names), 256)]
-    stats.shares = {names[i]: round(float(counts[i] / total), 6)
-                    for i in np.argsort(-counts, kind="stable") if counts[i] > 0}
-    return stats
+    return {names[i]: round(float(counts[i] / total), 6) for i in np.argsort(-counts, kind="stable") if counts[i] > 0}

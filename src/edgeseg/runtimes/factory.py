@@ -119,25 +119,8 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     `delegate` is an external LiteRT delegate library (an NPU's, e.g. /usr/lib/libvx_delegate.so) for the
     .tflite or the zoo model's official file; the PyTorch backend and checkpoints take none.
     """
-    if backend is not None and backend not in BACKENDS:
-        raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if input_size is not None:
-        input_size = checked_size(input_size)  # before any model is built or resolved
-    if upscale is not None and not isinstance(upscale, bool):
-        raise EdgesegError(f"upscale must be True, False or None, got {upscale!r}")
-    if model is not None and tflite is None and weights is None:
-        suffix = Path(str(model)).suffix.lower()
-        if suffix == ".tflite":
-            model, tflite = None, model
-        elif suffix == ".safetensors":
-            model, weights = None, model
-    if sum(x is not None for x in (model, tflite, weights)) > 1:
-        raise EdgesegError("name one model: a zoo name, a .tflite file or a checkpoint")
-    if delegate is not None and weights is not None:  # before any model is built
-        raise EdgesegError("--delegate runs a .tflite with LiteRT, not a PyTorch checkpoint: export the checkpoint "
-                           "(`edgeseg export --weights ...`) and pass the file with --tflite")
-    if delegate is not None and backend == "torch":
-        raise EdgesegError("--delegate runs a .tflite with LiteRT, not the PyTorch model: drop --backend torch")
+    model, tflite, weights, input_size = _checked_sources(model, tflite, weights, backend, input_size, upscale,
+                                                          delegate)
     if tflite is not None:
         if backend == "torch":
             raise EdgesegError("--tflite runs with LiteRT; drop --backend torch or use --model/--weights")
@@ -170,6 +153,32 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
                            preprocess=_input_handling(entry.preprocess, input_size, upscale))
     description = _described(f"{entry.name} (PyTorch FP32)", runtime, input_size, upscale)
     return OpenedModel(runtime, entry.class_names, description, entry.name, "torch")
+
+
+def _checked_sources(model, tflite, weights, backend: str | None, input_size: Size | None, upscale: bool | None,
+                     delegate) -> tuple:
+    """open_model's checks, all before any model is built or resolved; a path given as `model` becomes the
+    .tflite or the checkpoint it names. Returns (model, tflite, weights, input_size as (H, W) or None)."""
+    if backend is not None and backend not in BACKENDS:
+        raise EdgesegError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if input_size is not None:
+        input_size = checked_size(input_size)
+    if upscale is not None and not isinstance(upscale, bool):
+        raise EdgesegError(f"upscale must be True, False or None, got {upscale!r}")
+    if model is not None and tflite is None and weights is None:
+        suffix = Path(str(model)).suffix.lower()
+        if suffix == ".tflite":
+            model, tflite = None, model
+        elif suffix == ".safetensors":
+            model, weights = None, model
+    if sum(x is not None for x in (model, tflite, weights)) > 1:
+        raise EdgesegError("name one model: a zoo name, a .tflite file or a checkpoint")
+    if delegate is not None and weights is not None:
+        raise EdgesegError("--delegate runs a .tflite with LiteRT, not a PyTorch checkpoint: export the checkpoint "
+                           "(`edgeseg export --weights ...`) and pass the file with --tflite")
+    if delegate is not None and backend == "torch":
+        raise EdgesegError("--delegate runs a .tflite with LiteRT, not the PyTorch model: drop --backend torch")
+    return model, tflite, weights, input_size
 
 
 def _input_handling(preprocess: Preprocess, input_size: tuple[int, int] | None,
