@@ -185,3 +185,9 @@ def test_version_and_defaults_in_help(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "output folder (default: predictions)" in text and "(default: None)" not in text
+
+
+def test_a_class_present_in_the_legend_never_reads_zero():
+    from edgeseg.visualize import legend_percent
+
+    assert (legend_percent(0.25), legend_percent(0.0005), legend_percent(1e-6)) == ("25.0%", "0.1%", "<0.1%")

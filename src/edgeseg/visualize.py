@@ -20,6 +20,11 @@ def label_image(labels: np.ndarray, palette: np.ndarray | None = None,
     return img
 
 
+def legend_percent(share: float) -> str:
+    """A class's share for the legend: one decimal, and a class that is present never reads 0.0%."""
+    return f"{100 * share:.1f}%" if share >= 0.0005 else "<0.1%"
+
+
 def class_shares(labels: np.ndarray, class_names: tuple[str, ...]) -> list[tuple[str, float]]:
     """Returns (class name, share of pixels) for the classes present, largest first."""
     counts = np.bincount(labels.reshape(-1), minlength=len(class_names))
@@ -57,7 +62,7 @@ def overlay(
         top = row // 2 + i * row
         colour = tuple(int(c) for c in palette[class_names.index(name)])
         draw.rectangle([width + 8, top, width + 8 + font_size, top + font_size], fill=colour, outline="black")
-        draw.text((width + 16 + font_size, top), f"{name} {100 * share:.1f}%", fill="black", font=font)
+        draw.text((width + 16 + font_size, top), f"{name} {legend_percent(share)}", fill="black", font=font)
     return canvas
 
 

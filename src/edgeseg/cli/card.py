@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(default: --data, train split)", flag="--calib-data", old=("--calib-voc-root",))
     p.add_argument("--calib-count", type=positive_int, metavar="N", default=64,
                    help="calibration images per INT8 export")
-    p.add_argument("--threads", type=threads_int, metavar="N", default=2, help="LiteRT CPU threads for the evaluations")
+    p.add_argument("--threads", type=threads_int, metavar="N", default=None,
+                   help="LiteRT CPU threads for the evaluations (default: LiteRT's, as in evaluate)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N evaluation images")
     p.add_argument("--reuse-exports", action="store_true", help="reuse .tflite files already in the folder")
     p.add_argument("--class-map", metavar="NAME|FILE.json",

@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation-ranges", choices=["ema", "mse", "qat"],
                    help="activation ranges: ema (moving min/max), mse (least squared error), or qat (a zoo "
                         "model's ranges learned by quantization-aware training, read from its official file; "
-                        "mse for tensors it has no twin of); default: per-tensor qat for zoo models, mse for "
-                        "checkpoints; per-channel ema")
+                        "mse for tensors it has no twin of); default per-tensor: the zoo entry's choice (qat for "
+                        "deeplabv3_mnv2_dm10_voc, mse for the others) and mse for checkpoints; per-channel: ema")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="per-tensor files: move each conv channel's mean quantization error into its bias, "
                         "measured on 8 calibration images; default: for the convs whose weights had to be "

@@ -76,7 +76,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int,
                    help="seed for the data order, augmentation and new layers (default 0)")
     p.add_argument("--max-steps", type=int, help="at most N steps per epoch (quick runs)")
-    p.add_argument("--val-limit", type=int, help="validate on the first N images of the val split only")
+    p.add_argument("--val-limit", "--limit", dest="val_limit", type=int,
+                   help="validate on the first N images of the val split only (--limit, as in evaluate and card)")
     p.add_argument("-o", "--output", "--out", dest="out", type=Path,
                    help="run folder (default runs/<init>-<time>, for a checkpoint runs/<its folder>-<its "
                         "name>-<time>); --out is the older spelling")
