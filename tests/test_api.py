@@ -191,3 +191,28 @@ def test_a_class_present_in_the_legend_never_reads_zero():
     from edgeseg.visualize import legend_percent
 
     assert (legend_percent(0.25), legend_percent(0.0005), legend_percent(1e-6)) == ("25.0%", "0.1%", "<0.1%")
+
+
+def test_a_list_or_a_batch_array_gives_one_result_per_image(seg):
+    image = np.asarray(Image.open(PHOTO).convert("RGB"))
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    single = [seg(image).labels, seg(flipped).labels]
+    for batch in ([image, flipped], (image, flipped), np.stack([image, flipped])):
+        results = seg(batch)
+        assert [r.labels.tolist() for r in results] == [s.tolist() for s in single]
+
+
+def test_scores_on_request_from_the_torch_model_and_a_logits_file(dm05_exports):
+    image = np.asarray(Image.open(PHOTO).convert("RGB"))
+    for segmenter in (edgeseg.Segmenter("deeplabv3_mnv2_dm05_voc", backend="torch"),
+                      edgeseg.Segmenter(dm05_exports["int8_logits"], threads=2)):
+        plain, scored = segmenter(image), segmenter(image, scores=True)
+        assert plain.scores is None and scored.scores.shape == (*image.shape[:2], 21)
+        assert scored.scores.dtype == np.float32 and np.allclose(scored.scores.sum(-1), 1, atol=1e-4)
+        assert np.array_equal(scored.labels, scored.scores.argmax(-1))
+        assert (scored.labels == plain.labels).mean() > 0.999  # the same logits; ties aside
+
+
+def test_scores_from_a_file_that_ends_in_argmax_is_one_error(seg):
+    with pytest.raises(EdgesegError, match="outputs labels, not class scores"):
+        seg(np.zeros((20, 20, 3), np.uint8), scores=True)

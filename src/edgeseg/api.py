@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import load_image, segment, to_rgb
+from edgeseg.pipeline import load_image, segment, segment_scores, to_rgb
 from edgeseg.runtimes.factory import OpenedModel, open_model
 from edgeseg.visualize import blend, blend_image  # noqa: F401 - blend is public here too
 
@@ -80,6 +80,7 @@ class Result:
     model: str  # zoo name or file name
     backend: str  # "litert" or "torch"
     image: np.ndarray = field(repr=False)  # the uint8 RGB pixels that were segmented
+    scores: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W, C) class probabilities, if asked
 
     def shares(self) -> dict[str, float]:
         """Returns {class name: share of pixels} for the classes present, largest first."""
@@ -142,10 +143,20 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.model!r}, backend={self.backend!r})"
 
-    def __call__(self, image: ImageLike, *, bgr: bool = False) -> Result:
-        """Segments one image (PIL image, path, or uint8 array; see `as_rgb`) and returns a Result."""
+    def __call__(self, image: ImageLike | list | tuple, *, bgr: bool = False, scores: bool = False,
+                 ) -> Result | list[Result]:
+        """Segments one image (PIL image, path, or uint8 array; see `as_rgb`) and returns a Result; a list or
+        tuple of images, or an (N, H, W, 3) uint8 array, gives a list of Results. With `scores=True` each
+        Result also holds `scores`, the float32 (H, W, C) class probabilities (the PyTorch model, or a `.tflite`
+        that ends at the logits; labels stay the argmax of the same logits)."""
+        if isinstance(image, list | tuple) or (isinstance(image, np.ndarray) and image.ndim == 4):
+            return [self(one, bgr=bgr, scores=scores) for one in image]
         pixels = as_rgb(image, bgr=bgr)
-        return Result(segment(pixels, self.runtime), self.class_names, self.model, self.backend, pixels)
+        if not scores:
+            return Result(segment(pixels, self.runtime), self.class_names, self.model, self.backend, pixels)
+        probabilities = segment_scores(pixels, self.runtime)
+        labels = probabilities.argmax(axis=-1).astype(np.uint8)
+        return Result(labels, self.class_names, self.model, self.backend, pixels, probabilities)
 
     def stream(self, source: str | os.PathLike | int, *, every: int = 1, max_frames: int | None = None,
                ) -> Iterator[tuple[np.ndarray, Result]]:

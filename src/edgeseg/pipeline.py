@@ -256,6 +256,39 @@ def _candidates(corners: np.ndarray, winners: np.ndarray) -> tuple[np.ndarray, n
     return classes, np.take_along_axis(corners, np.repeat(classes[:, None, :], 4, axis=1), axis=2)
 
 
+def probabilities_from_logits(logits: np.ndarray, input_size: Size, height: int, width: int) -> np.ndarray:
+    """Returns float32 class probabilities (height, width, C): (h, w, C) logits resized to input_size with
+    align_corners, as the graph's own upsample would, then a softmax over classes. For `scores=True` only:
+    every pixel and class is interpolated, unlike `labels_from_logits`."""
+    values = logits.astype(np.float32, copy=False)
+    input_height, input_width = input_hw(input_size)
+    row_lo, row_hi, row_w = align_corners_taps(input_height, values.shape[0], height)
+    col_lo, col_hi, col_w = align_corners_taps(input_width, values.shape[1], width)
+    rows = values[row_lo] * (1 - row_w[:, None, None]) + values[row_hi] * row_w[:, None, None]
+    full = rows[:, col_lo] * (1 - col_w[None, :, None]) + rows[:, col_hi] * col_w[None, :, None]
+    full -= full.max(axis=-1, keepdims=True)
+    np.exp(full, out=full)
+    full /= full.sum(axis=-1, keepdims=True)
+    return full
+
+
+def restore_scores(scores: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Returns (height, width, C) scores, each class resized bilinearly, unchanged if already that size."""
+    if scores.shape[:2] == (height, width):
+        return scores
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(scores[..., c])).resize((width, height), Image.BILINEAR))
+              for c in range(scores.shape[2])]
+    return np.stack(planes, axis=-1)
+
+
+def segment_scores(pixels: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """Returns float32 class probabilities (H, W, C) for uint8 RGB pixels (H, W, 3) of any size."""
+    if not hasattr(runtime, "predict_scores"):
+        raise EdgesegError(f"{runtime.name} gives labels only, not class scores")
+    fitted = fit_for(pixels, runtime)
+    return restore_scores(runtime.predict_scores(fitted), *pixels.shape[:2])
+
+
 def restore_size(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Returns uint8 labels at (height, width), nearest-neighbour, unchanged if already that size."""
     if labels.dtype != np.uint8 and labels.size and (labels.max() >= 256 or labels.min() < 0):

@@ -25,6 +25,7 @@ from edgeseg.pipeline import (
     pack_space_to_depth,
     packed_size,
     parse_size,
+    probabilities_from_logits,
 )
 from edgeseg.tflite.reader import (
     INPUT_LAYOUT_METADATA,
@@ -235,6 +236,21 @@ class LiteRTRuntime:
             return out[:height, :width]
         # Dequantizing is affine with a positive scale, so it cannot change the argmax: skip it.
         return labels_from_logits(out.astype(np.float32), self.input_size, height, width)
+
+    def predict_scores(self, pixels: np.ndarray) -> np.ndarray:
+        """Returns float32 class probabilities (H, W, C) for pixels that fit inside input_size: the dequantized
+        logits, upsampled, softmaxed. Files that end in ARG_MAX hold no scores. Thread-safe."""
+        if not self.outputs_logits:
+            raise EdgesegError(f"{self.path} outputs labels, not class scores: export it with --output-kind logits "
+                               "(or use backend='torch')")
+        batch = self.input_batch(pixels)
+        with self.lock:
+            self.interpreter.set_tensor(self._input["index"], batch)
+            self.interpreter.invoke()
+            out = self.interpreter.get_tensor(self._output["index"])[0]
+        scale, zero_point = self._output["quantization"]
+        logits = (out.astype(np.float32) - zero_point) * scale if scale else out.astype(np.float32)
+        return probabilities_from_logits(logits, self.input_size, *pixels.shape[:2])
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size. Thread-safe."""

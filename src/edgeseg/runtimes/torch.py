@@ -31,3 +31,11 @@ class TorchRuntime:
         x = torch.from_numpy(normalize_and_pad(pixels, self.input_size, self._preprocess))
         logits = self.model(x.permute(2, 0, 1)[None].to(self.device))[0]
         return logits[:, :height, :width].argmax(0).cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_scores(self, pixels: np.ndarray) -> np.ndarray:
+        """Returns float32 class probabilities (H, W, C) for pixels that fit inside input_size."""
+        height, width = pixels.shape[:2]
+        x = torch.from_numpy(normalize_and_pad(pixels, self.input_size, self._preprocess))
+        logits = self.model(x.permute(2, 0, 1)[None].to(self.device))[0, :, :height, :width]
+        return logits.softmax(0).permute(1, 2, 0).cpu().numpy().astype(np.float32)
