@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.checks import parse_size
 from edgeseg.cli import DEFAULT_BENCH_IMAGE
 from edgeseg.data.datasets import voc
 from edgeseg.deploy.export import ExportOptions, export_tflite
 from edgeseg.evaluation.benchmark import benchmark_file
 from edgeseg.evaluation.evaluate import evaluate
-from edgeseg.pipeline import parse_size
 from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.zoo.build import create_model
 from edgeseg.zoo.registry import get_entry

@@ -216,3 +216,20 @@ def test_scores_on_request_from_the_torch_model_and_a_logits_file(dm05_exports):
 def test_scores_from_a_file_that_ends_in_argmax_is_one_error(seg):
     with pytest.raises(EdgesegError, match="outputs labels, not class scores"):
         seg(np.zeros((20, 20, 3), np.uint8), scores=True)
+
+
+@pytest.mark.parametrize("threads", [0, 257, 2.0, "2", True])
+def test_thread_counts_are_checked_in_one_place_for_the_api_and_the_cli(threads, capsys):
+    # The API, LiteRT's runtime and the CLI's --threads share checks.check_threads: one range, one message.
+    from edgeseg.checks import check_threads
+    from edgeseg.cli import main
+
+    with pytest.raises(EdgesegError, match=r"threads must be a whole number in 1\.\.256"):
+        check_threads(threads)
+    with pytest.raises(EdgesegError, match=r"threads must be a whole number in 1\.\.256"):
+        edgeseg.Segmenter(threads=threads)
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's own errors exit 2 from the parser
+            main(["predict", str(PHOTO), "--threads", str(threads), "-o", "out"])
+        assert exit_info.value.code == 2
+        assert "threads must be a whole number in 1..256" in capsys.readouterr().err

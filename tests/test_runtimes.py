@@ -63,7 +63,7 @@ def test_pixel_input_rule_depends_on_the_dtype():
 
 
 def test_threads_out_of_range_and_a_file_that_is_not_a_delegate(dm05_official, tmp_path, capfd):
-    with pytest.raises(EdgesegError, match=r"--threads must be 1\.\.256"):
+    with pytest.raises(EdgesegError, match=r"--threads must be a whole number in 1\.\.256"):
         LiteRTRuntime(dm05_official, num_threads=100000)
     fake = tmp_path / "libfake_delegate.so"
     fake.write_bytes(b"\x7fELF not really")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from edgeseg.checks import check_threads
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image, segment, segment_scores, to_rgb
 from edgeseg.runtimes.factory import OpenedModel, open_model
@@ -129,8 +129,7 @@ class Segmenter:
                  tflite: str | os.PathLike | None = None, backend: str | None = None,
                  threads: int | None = None, input_size: int | tuple[int, int] | None = None,
                  upscale: bool | None = None, delegate: str | os.PathLike | None = None) -> None:
-        if threads is not None and (not isinstance(threads, Integral) or isinstance(threads, bool) or threads < 1):
-            raise EdgesegError(f"threads must be a whole number of at least 1, got {threads!r}")
+        check_threads(threads)  # before any model is opened
         self.opened: OpenedModel = open_model(model, tflite=tflite, weights=weights, backend=backend,
                                               threads=threads, input_size=input_size, upscale=upscale,
                                               delegate=delegate)

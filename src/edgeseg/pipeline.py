@@ -26,20 +26,6 @@ def input_hw(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def parse_size(text: str, low: int = 33, high: int = 2049) -> tuple[int, int]:
-    """Parses '513' or 'HxW' (e.g. '360x480'); each side must lie in low..high."""
-    parts = text.lower().split("x")
-    try:
-        if len(parts) not in (1, 2):
-            raise ValueError
-        height, width = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
-    except ValueError:
-        raise EdgesegError(f"input size must be N or HxW (e.g. 513 or 360x480), got {text!r}") from None
-    if not (low <= height <= high and low <= width <= high):
-        raise EdgesegError(f"input size sides must be {low}..{high}, got {text!r}")
-    return height, width
-
-
 class Runtime(Protocol):
     """What predict, evaluate and benchmark need from a backend (PyTorch or LiteRT).
 

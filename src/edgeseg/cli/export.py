@@ -62,8 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from edgeseg.checks import parse_size
     from edgeseg.deploy.export import ExportOptions, default_export_path, export_tflite
-    from edgeseg.pipeline import parse_size
     from edgeseg.zoo.build import model_preprocess, qat_ranges_file
 
     preprocess = model_preprocess(args.model, args.weights)  # a checkpoint brings its own input size

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeseg.checks import MAX_THREADS
 from edgeseg.errors import EdgesegError
 
 if TYPE_CHECKING:
@@ -104,12 +105,21 @@ def int_in(low: int, high: int):
 
 
 positive_int = int_in(1, 10**9)  # counts: at least 1, and bounded so that no option can overflow
-threads_int = int_in(1, 256)  # LiteRT segfaults on absurd thread counts
+
+
+def threads_int(text: str) -> int:
+    """argparse type for --threads: checks.check_threads, the API's and the runtime's check."""
+    from edgeseg.checks import check_threads
+
+    try:
+        return check_threads(int(text))
+    except (ValueError, EdgesegError):
+        raise argparse.ArgumentTypeError(f"threads must be a whole number in 1..{MAX_THREADS}, got {text!r}") from None
 
 
 def size_arg(text: str) -> tuple[int, int]:
     """argparse type for --input-size: N or HxW (see `parse_size`)."""
-    from edgeseg.pipeline import parse_size
+    from edgeseg.checks import parse_size
 
     try:
         return parse_size(text)
@@ -130,9 +140,10 @@ def _thread_list(text: str) -> list[int]:
     try:
         threads = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts in 1..256, got {text!r}") from None
-    if not threads or min(threads) < 1 or max(threads) > 256:
-        raise argparse.ArgumentTypeError(f"thread counts must be 1..256, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated thread counts in 1..{MAX_THREADS}, "
+                                         f"got {text!r}") from None
+    if not threads or min(threads) < 1 or max(threads) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"thread counts must be 1..{MAX_THREADS}, got {text!r}")
     return threads
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeseg.checks import checked_size
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import DEEPLAB, Runtime, Size
 from edgeseg.zoo.registry import DEFAULT_MODEL  # noqa: F401 - also importable from here
@@ -204,18 +204,6 @@ def _with_input_handling(runtime: Runtime, input_size: tuple[int, int] | None, u
     if upscale is not None:
         runtime.upscale = upscale
     return runtime
-
-
-def checked_size(size: Size) -> tuple[int, int]:
-    """(height, width) of a size given as N or (H, W); each side a whole number in 33..2049, as on the CLI."""
-    if isinstance(size, Integral):
-        pair: tuple = (size, size)
-    else:  # a tuple, list or array of two sides; anything else (a string, say) fails the check below
-        pair = tuple(size) if hasattr(size, "__iter__") and not isinstance(size, str | bytes) else ()
-    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and 33 <= v <= 2049
-                                 for v in pair):
-        raise EdgesegError(f"input size must be N or (height, width) with sides 33..2049, got {size!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def _described(description: str, runtime: Runtime, input_size: tuple[int, int] | None,

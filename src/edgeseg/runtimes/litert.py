@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.checks import check_threads, parse_size
 from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.logs import native_stderr
@@ -24,7 +25,6 @@ from edgeseg.pipeline import (
     normalize_and_pad,
     pack_space_to_depth,
     packed_size,
-    parse_size,
     probabilities_from_logits,
 )
 from edgeseg.tflite.reader import (
@@ -58,7 +58,6 @@ def import_interpreter() -> tuple[str | None, Any, Any]:
 
 INTERPRETER_MODULE, Interpreter, load_delegate = import_interpreter()
 
-MAX_THREADS = 256  # far above any edge CPU; LiteRT crashes on absurd counts (100000 segfaults)
 
 
 def _litert_info(line: str) -> bool:
@@ -89,8 +88,7 @@ class LiteRTRuntime:
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgesegError(f"{self.path}: {'a folder, not a file' if self.path.is_dir() else 'no such file'}")
-        if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
-            raise EdgesegError(f"--threads must be 1..{MAX_THREADS}, got {num_threads}")
+        num_threads = check_threads(num_threads, "--threads")
         if Interpreter is None:
             raise EdgesegError("running a .tflite needs LiteRT: pip install ai-edge-litert, or on the board use the "
                                "image's tflite_runtime (neither ai_edge_litert nor tflite_runtime can be imported)")

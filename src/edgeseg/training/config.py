@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeseg.checks import parse_size
 from edgeseg.data.datasets import resolve_label_map
 from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import input_hw, parse_size
+from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import Preprocess
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeseg.checks import parse_size
 from edgeseg.data.datasets import RemappedDataset, label_lut
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError
-from edgeseg.pipeline import fit_to_input, input_hw, normalize_and_pad, parse_size
+from edgeseg.pipeline import fit_to_input, input_hw, normalize_and_pad
 from edgeseg.zoo.registry import Preprocess
 
 TARGET_STRIDE = 4  # the teacher's output is 16x coarser than its input: 1/4 of the frame loses nothing

@@ -12,9 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeseg.checks import parse_size
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
-from edgeseg.pipeline import input_hw, parse_size
+from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import DEFAULT_MODEL, ModelEntry, get_entry, get_family
 from edgeseg.zoo.weights import cache_dir, resolve_weights
 
