@@ -12,18 +12,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edgeseg.api import Result, Segmenter
-    from edgeseg.errors import EdgesegError
+    from edgeseg.errors import EdgesegError, EdgesegWarning
     from edgeseg.runtimes.factory import open_model, open_runtime
     from edgeseg.zoo.registry import get_entry, list_models
 
-__all__ = ["EdgesegError", "Result", "Segmenter", "get_entry", "list_models", "open_model", "open_runtime"]
+__all__ = ["EdgesegError", "EdgesegWarning", "Result", "Segmenter", "get_entry", "list_models", "open_model",
+           "open_runtime"]
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): `import edgeseg` and the `edgeseg` command start without numpy and LiteRT,
 # so the command's Ctrl-C handling is in place before they load.
 _HOMES = {"Result": "edgeseg.api", "Segmenter": "edgeseg.api", "open_model": "edgeseg.runtimes.factory",
           "open_runtime": "edgeseg.runtimes.factory", "EdgesegError": "edgeseg.errors",
-          "get_entry": "edgeseg.zoo.registry", "list_models": "edgeseg.zoo.registry"}
+          "EdgesegWarning": "edgeseg.errors", "get_entry": "edgeseg.zoo.registry",
+          "list_models": "edgeseg.zoo.registry"}
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from edgeseg.cli.options import OneLineErrorParser, RawDefaultsFormatter
@@ -85,12 +86,38 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """An EdgesegWarning is one `warning:` line (above any progress bar); other warnings as Python shows them."""
+    from edgeseg.errors import EdgesegWarning
+
+    if not issubclass(category, EdgesegWarning):
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+        return
+    if "tqdm" in sys.modules:  # written between progress-bar updates, not through them
+        sys.modules["tqdm"].tqdm.write(f"warning: {message}", file=sys.stderr)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def _main(argv: list[str] | None) -> int:
-    from edgeseg.io.files import removing_new_folders
     from edgeseg.logs import set_verbose
 
     args = build_parser().parse_args(argv)
     set_verbose(args.verbose)
+    with warnings.catch_warnings():
+        from edgeseg.errors import EdgesegWarning
+
+        warnings.simplefilter("always", EdgesegWarning)  # each one: every skipped image, every cache rebuilt
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edgeseg.io.files import removing_new_folders
+
     try:
         with removing_new_folders(_output_folders(args)):  # a failed command leaves no empty folder it made
             args.func(args)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from edgeseg.deploy.targets import TARGET_DEFAULTS, TARGETS, VELA_TARGETS
 from edgeseg.deploy.vela import VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import atomic_path, check_output_file
 from edgeseg.logs import discarded_stderr, native_stderr, progress_stream, status, third_party_output
 from edgeseg.pipeline import (
@@ -198,14 +198,12 @@ def calibration_images(root: Path, split: str, count: int, input_size: Size,
     from edgeseg.pipeline import fit_to_input
 
     if split == "val":
-        print("warning: calibrating on the val split: its mIoU is then no longer an independent measure",
-              file=sys.stderr)
+        warn("calibrating on the val split: its mIoU is then no longer an independent measure")
     paths, description = open_images(root, split, limit=count)  # a dataset's split, or a plain image folder
     if not paths:
         raise EdgesegError(f"{description}: no calibration images")
     if len(paths) < count:
-        print(f"warning: asked for {count} calibration images, {description} has {len(paths)}; "
-              f"using {len(paths)}", file=sys.stderr)
+        warn(f"asked for {count} calibration images, {description} has {len(paths)}; using {len(paths)}")
     images = []
     for path in tqdm(paths, desc="calibration images", unit="img", file=sys.stderr, leave=False):
         pixels = fit_to_input(load_image(path), input_size, upscale)

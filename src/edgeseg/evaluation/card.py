@@ -9,7 +9,6 @@ NPU's estimated cost, and draw per-class IoU and confusion charts.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from edgeseg.data.labelsets import MappedRuntime, load_mapping, mapping_lut
 from edgeseg.deploy.export import ExportOptions, export_tflite, inspect_tflite
 from edgeseg.deploy.targets import VX_DELEGATE_SOURCE, unsupported_ops
 from edgeseg.deploy.vela import IMX93_OPTIONS, VELA_VERSION, compile_for_ethos_u, compiled_path, vela_available
+from edgeseg.errors import warn
 from edgeseg.evaluation.complexity import count_ops, count_params
 from edgeseg.evaluation.evaluate import EvalResult, evaluate
 from edgeseg.io.files import atomic_path, write_json
@@ -67,8 +67,7 @@ def measure(
                 "int8_per_tensor": ExportOptions(target="imx8mp", qat_file=qat_file, **calibrated),
                 "imx93": ExportOptions(target="imx93", qat_file=qat_file, **calibrated)}
     if not vela_available():
-        print("warning: Vela is not installed (pip install 'edgeseg[npu]'): no i.MX 93 file or estimate",
-              file=sys.stderr)
+        warn("Vela is not installed (pip install 'edgeseg[npu]'): no i.MX 93 file or estimate")
         del files["imx93"]
     for key, path in files.items():
         if not (reuse_exports and path.is_file() and (key != "imx93" or compiled_path(path).is_file())):
@@ -199,8 +198,7 @@ def plot_charts(entry: ModelEntry, fact: dict, out_dir: Path) -> list[Path]:
     try:
         import matplotlib
     except ImportError:
-        print("warning: matplotlib is not installed (pip install 'edgeseg[plot]'); no charts written",
-              file=sys.stderr)
+        warn("matplotlib is not installed (pip install 'edgeseg[plot]'); no charts written")
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

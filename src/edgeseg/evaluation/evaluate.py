@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeseg.data.datasets import RemappedDataset, SegmentationFolder
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, warn
 from edgeseg.evaluation.metrics import ConfusionMatrix, check_label_range
 from edgeseg.pipeline import Runtime, segment
 
@@ -60,7 +60,7 @@ def evaluate(
         except EdgesegError as exc:
             if not skip_bad:
                 raise
-            tqdm.write(f"warning: skipped {exc}", file=sys.stderr)
+            warn(f"skipped {exc}")
             skipped.append(sample.id)
             continue
         labels = segment(image, runtime)

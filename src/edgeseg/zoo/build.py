@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.checks import parse_size
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import atomic_path
 from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import DEFAULT_MODEL, ModelEntry, get_entry, get_family
@@ -80,7 +80,6 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
     The cache is verified on every read; a damaged or unverifiable one is rebuilt from the official file,
     itself checked against its sha256.
     """
-    import sys
 
     from edgeseg.zoo.official import state_dict_from_tflite
 
@@ -93,7 +92,7 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
             problem = "written without a digest"
         except EdgesegError as exc:
             problem = str(exc)
-        print(f"warning: rebuilding the weights cache: {problem}", file=sys.stderr)
+        warn(f"rebuilding the weights cache: {problem}")
     state = state_dict_from_tflite(resolve_weights(entry.weights), get_family(entry.family).tf_backbone_scope)
     save_verified(state, cached, {"source": entry.weights.url, "sha256": entry.weights.sha256})
     return state
