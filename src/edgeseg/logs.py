@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -173,6 +174,28 @@ def discarded_stderr() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """For the commands: each EdgesegWarning is one `warning: ...` line on stderr (above any progress bar), every
+    time it is raised; other warnings as Python shows them."""
+    from edgeseg.errors import EdgesegWarning
+
+    python_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not issubclass(category, EdgesegWarning):
+            python_show(message, category, filename, lineno, file, line)
+        elif "tqdm" in sys.modules:  # written between progress-bar updates, not through them
+            sys.modules["tqdm"].tqdm.write(f"warning: {message}", file=sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdgesegWarning)
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
 def status(description: str) -> Iterator[None]:
     """Shows `description: <elapsed>` on the progress stream while a step without its own progress runs."""
     from tqdm import tqdm
@@ -198,4 +221,4 @@ def status(description: str) -> Iterator[None]:
 
 
 __all__ = ["discarded_stderr", "is_verbose", "native_stderr", "progress_stream", "set_verbose", "status",
-           "third_party_output"]
+           "third_party_output", "warnings_as_lines"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from edgeseg.cli.options import OneLineErrorParser, RawDefaultsFormatter
@@ -86,32 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """An EdgesegWarning is one `warning:` line (above any progress bar); other warnings as Python shows them."""
-    from edgeseg.errors import EdgesegWarning
-
-    if not issubclass(category, EdgesegWarning):
-        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
-        return
-    if "tqdm" in sys.modules:  # written between progress-bar updates, not through them
-        sys.modules["tqdm"].tqdm.write(f"warning: {message}", file=sys.stderr)
-    else:
-        print(f"warning: {message}", file=sys.stderr)
-
-
-_PYTHON_SHOWWARNING = warnings.showwarning
-
-
 def _main(argv: list[str] | None) -> int:
-    from edgeseg.logs import set_verbose
+    from edgeseg.logs import set_verbose, warnings_as_lines
 
     args = build_parser().parse_args(argv)
     set_verbose(args.verbose)
-    with warnings.catch_warnings():
-        from edgeseg.errors import EdgesegWarning
-
-        warnings.simplefilter("always", EdgesegWarning)  # each one: every skipped image, every cache rebuilt
-        warnings.showwarning = _show_warning
+    with warnings_as_lines():
         return _run(args)
 
 

@@ -129,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from edgeseg.logs import warnings_as_lines
+
     try:
-        cmd_train(args)
+        with warnings_as_lines():
+            cmd_train(args)
     except EdgesegError as exc:
         print(f"edgeseg: error: {exc}", file=sys.stderr)
         return 2

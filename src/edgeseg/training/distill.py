@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from edgeseg.checks import parse_size
 from edgeseg.data.datasets import RemappedDataset, label_lut
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, warn
 from edgeseg.pipeline import fit_to_input, input_hw, normalize_and_pad
 from edgeseg.zoo.registry import Preprocess
 
@@ -134,7 +134,7 @@ def _cached(cache: Path, key: dict[str, str]) -> SoftLabels | None:
             return None
         return SoftLabels(cache, int(key["count"]), metadata.get(DIGEST_KEY, "")).open()
     except EdgesegError as exc:  # damaged: the caller computes them again
-        print(f"{exc}; computing the teacher's soft labels again", file=sys.stderr)
+        warn(f"{exc}; computing the teacher's soft labels again")
         return None
 
 
