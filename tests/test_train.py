@@ -318,7 +318,7 @@ def test_median_frequency_weights_favour_the_rare_class(tiny_voc, tmp_path, caps
     # The run prints them and records the choice, and a resume keeps it.
     out = tmp_path / "weighted"
     assert _train(*_tiny_args(tiny_voc, out, "--epochs", 1, "--class-weights", "median-frequency")) == 0
-    assert f"person {weights[1]:.2f}" in capsys.readouterr().err
+    assert f"person {weights[1]:.2f}" in capsys.readouterr().out  # the run report, on stdout
     assert json.loads((out / "config.json").read_text())["class_weights"] == "median-frequency"
     assert _train("--resume", out, "--class-weights", "none") == 2
     assert "--class-weights none differs" in capsys.readouterr().err

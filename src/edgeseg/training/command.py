@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -100,11 +101,28 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return p
 
 
+class _Stdout(logging.Handler):
+    """Writes each record to the current sys.stdout (replaced by tests and IDEs after import)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+def _report_on_stdout() -> None:
+    """The training loop reports through the `edgeseg.training` logger; the command shows it on stdout."""
+    report = logging.getLogger("edgeseg.training")
+    if not any(isinstance(h, _Stdout) for h in report.handlers):
+        report.addHandler(_Stdout())
+    report.setLevel(logging.INFO)
+    report.propagate = False
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Runs `edgeseg train` (under torchrun too: every rank calls this)."""
     from edgeseg.training.distributed import close_distributed, init_distributed
     from edgeseg.training.loop import run_training
 
+    _report_on_stdout()
     if not 0 <= args.workers <= 64:
         raise EdgesegError(f"--workers must be a whole number in 0..64, got {args.workers}")
     given = {k: getattr(args, k) for k in option_names() if getattr(args, k, None) is not None}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import random
 import sys
@@ -53,6 +54,10 @@ from edgeseg.zoo.build import init_entry, init_model, is_checkpoint, zoo_base
 from edgeseg.zoo.registry import ModelEntry
 
 POLY_POWER = 0.9
+
+# The run's report (epochs, best checkpoint, baseline): `edgeseg train` shows it on stdout; a Python caller
+# configures the logger as it likes (nothing is printed unless it does).
+REPORT = logging.getLogger("edgeseg.training")
 
 
 @dataclass
@@ -182,7 +187,7 @@ def _loss_weights(config: TrainConfig, train_set: RemappedDataset, show: bool) -
     weights = median_frequency_weights(train_set, len(config.class_names))
     if show:
         shown = ", ".join(f"{name} {w:.2f}" for name, w in zip(config.class_names, weights))
-        print(f"class weights ({config.class_weights}): {shown}", file=sys.stderr)
+        REPORT.info(f"class weights ({config.class_weights}): {shown}")
     return torch.from_numpy(weights)
 
 
@@ -252,8 +257,8 @@ def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None
         progress = _resume(run, model, optimizer, scheduler)
         if progress.epoch >= config.epochs:
             if dist.is_main:
-                print(f"{run.out}: already trained {progress.epoch} epochs; pass --epochs N "
-                      f"(> {progress.epoch}) to train further")
+                REPORT.info(f"{run.out}: already trained {progress.epoch} epochs; pass --epochs N "
+                            f"(> {progress.epoch}) to train further")
             return {"out": str(run.out), "epochs": progress.epoch, "best_miou": progress.best_miou,
                     "best_epoch": progress.best_epoch}
     elif dist.is_main:
@@ -277,7 +282,7 @@ def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     if dist.is_main:
-        print(f"best: {run.out / 'best.safetensors'}")
+        REPORT.info(f"best: {run.out / 'best.safetensors'}")
     summary.update(best_miou=progress.best_miou, best_epoch=progress.best_epoch)
     return summary
 
@@ -350,7 +355,7 @@ def _baseline(run: Run, model: torch.nn.Module) -> dict:
     else:
         miou, _ = _validate(run, model, f"{config.init} (pretrained)")
     if run.dist.is_main:
-        print(f"baseline: {config.init} as is, {config.classes}: val mIoU {miou:.2f}")
+        REPORT.info(f"baseline: {config.init} as is, {config.classes}: val mIoU {miou:.2f}")
     return {"epoch": 0, "step": 0, "baseline_miou": miou}
 
 
@@ -408,6 +413,6 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
         })
         shown = "n/a" if miou is None else f"{miou:.2f}"
         best = "n/a" if progress.best_miou is None else f"{progress.best_miou:.2f} (epoch {progress.best_epoch})"
-        print(f"epoch {epoch}/{run.config.epochs}: train loss {train_loss:.4f}, val mIoU {shown}, best {best}, "
-              f"{seconds:.0f}s train", flush=True)
+        REPORT.info(f"epoch {epoch}/{run.config.epochs}: train loss {train_loss:.4f}, val mIoU {shown}, best {best}, "
+                    f"{seconds:.0f}s train")
     run.dist.barrier()
