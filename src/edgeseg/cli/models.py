@@ -24,3 +24,4 @@ def run(args: argparse.Namespace) -> None:
         where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
         published = f"{entry.published.get('miou_fp32', '-')}/{entry.published.get('miou_int8', '-')}"
         print(f"{name:<32} {entry.num_classes:>7} {published:>25}  {where}")
+        print(f"{'':<32} recipe: {entry.recipe}")

@@ -93,6 +93,8 @@ class ModelEntry:
     preprocess: Preprocess = field(default_factory=Preprocess)
     published: dict[str, float] = field(default_factory=dict)
     published_on: str = "PASCAL VOC 2012 val, 1,449 images"  # the data `published` was measured on
+    # Where the weights and the recipe that produced them are described (torchvision's `recipe`).
+    recipe: str = "https://github.com/tensorflow/models/blob/master/research/deeplab/g3doc/quantize.md"
     measured: dict[str, object] = field(default_factory=dict)
     license: str = "Apache-2.0"
     # Activation ranges of per-tensor exports: "mse" (least squares on calibration histograms) or "qat" (the
@@ -201,6 +203,7 @@ register(
         # TF DeepLab g3doc/model_zoo.md: the float checkpoint, Cityscapes val at full resolution, OS 16.
         published={"miou_fp32": 73.2, "gmacs_full_res": 4.3},
         published_on="Cityscapes val, full resolution (TF DeepLab model_zoo.md; float checkpoint)",
+        recipe="https://github.com/tensorflow/models/blob/master/research/deeplab/g3doc/model_zoo.md",
         # From `edgeseg card --model deeplab_edgetpu_slim_cityscapes --voc-root ../shared/camvid
         # --class-map cityscapes-to-camvid`: zero-shot on CamVid val, there being no Cityscapes data here.
         measured={"params": 2055379, "ops": 8666885331, "fp32_bytes": 8324588, "int8_bytes": 2582160,
