@@ -118,7 +118,9 @@ def folder_files(folder: Path, *, recursive: bool = False) -> list[Path]:
 
 
 def _shares_text(shares: dict[str, float]) -> str:
-    return ", ".join(f"{name} {100 * share:.1f}%" for name, share in shares.items())
+    from edgeseg.visualize import legend_percent
+
+    return ", ".join(f"{name} {legend_percent(share)}" for name, share in shares.items())
 
 
 def read_stdin_image() -> np.ndarray:
