@@ -58,14 +58,13 @@ STEMS = ("conv", "space-to-depth")
 
 # Chosen by pixel agreement with FP32 on held-out train images (bench/ptq_sweep.py; see docs/export.md).
 DEFAULT_ACTIVATION_RANGES = {"per-channel": "ema", "per-tensor": "mse"}
-_FLAGS = {"output": "output-kind"}  # option -> its command-line flag, where the two differ
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     precision: str = "int8"
     input: str | None = None  # default: uint8 for int8, float32 for fp32
-    output: str | None = None  # the graph's tail; default: the target's (TARGET_TAILS), else argmax
+    output: str | None = None  # the graph's tail; default: the target's (TARGET_DEFAULTS), else argmax
     granularity: str | None = None  # default per-channel; int8 only
     calib_root: Path | None = None
     calib_split: str | None = None  # default train (int8 only)
@@ -142,9 +141,8 @@ class ExportOptions:
                     "granularity": self.granularity}
         for option, value in explicit.items():
             if value is not None and value != preset[option]:
-                flag = _FLAGS.get(option, option)
-                raise EdgesegError(f"--target {self.target} means --{flag} {preset[option]}; "
-                                   f"it conflicts with --{flag} {value}")
+                raise EdgesegError(f"--target {self.target} means --{option} {preset[option]}; "
+                                   f"it conflicts with --{option} {value}")
         return replace(self, **preset)
 
 

@@ -22,7 +22,6 @@ from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
 
 VELA_VERSION = "5.2.0"  # pinned in the npu extra: estimates change between Vela releases
-VELA_CUSTOM_OP = "CUSTOM:ethos-u"
 # NXP's i.MX 93 settings. Each is a Vela option; `--config Arm/vela.ini` is the file Vela ships.
 IMX93_OPTIONS = (
     "--accelerator-config", "ethos-u65-256", "--config", "Arm/vela.ini", "--system-config", "Ethos_U65_High_End",
@@ -102,12 +101,12 @@ def compile_for_ethos_u(path: str | Path, output: str | Path | None = None) -> V
 
 
 def _read_estimate(source: Path, compiled: Path, summary: Path, output: str | Path | None) -> VelaEstimate:
-    from edgeseg.tflite.reader import TFLiteFile
+    from edgeseg.tflite.reader import VELA_CUSTOM_CODE, TFLiteFile
 
     with summary.open(newline="") as f:
         row = next(csv.DictReader(f))
     ops = Counter(op.type for op in TFLiteFile(compiled).ops)
-    npu_ops = ops.pop(VELA_CUSTOM_OP, 0)
+    npu_ops = ops.pop(f"CUSTOM:{VELA_CUSTOM_CODE}", 0)
     return VelaEstimate(
         source=str(source), compiled=None if output is None else str(output),
         npu_ms=round(float(row["inference_time"]) * 1000, 2), cycles=int(float(row["cycles_total"])),

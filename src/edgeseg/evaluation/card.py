@@ -69,9 +69,12 @@ def measure(
     if not vela_available():
         warn("Vela is not installed (pip install 'edgeseg[npu]'): no i.MX 93 file or estimate")
         del files["imx93"]
+    vela: dict[str, dict] = {}  # Vela's estimates, from the export that compiled the file where there was one
     for key, path in files.items():
         if not (reuse_exports and path.is_file() and (key != "imx93" or compiled_path(path).is_file())):
-            export_tflite(item.model, entry.class_names, path, variants[key])
+            report = export_tflite(item.model, entry.class_names, path, variants[key])
+            if "vela" in report:
+                vela[key] = report["vela"]
     class_names, wrap = entry.class_names, (lambda runtime: runtime)
     if class_map is not None:
         mapping = load_mapping(class_map)
@@ -84,16 +87,18 @@ def measure(
     results: dict[str, EvalResult] = {
         key: evaluate(wrap(open_runtime(path, "litert", threads=threads)), dataset, class_names)
         for key, path in files.items()}
-    return _facts(item, ops, files, results, class_names, calib_count, reuse_exports, class_map)
+    return _facts(item, ops, files, results, class_names, calib_count, reuse_exports, class_map, vela)
 
 
 def _facts(item: CardModel, ops, files: dict[str, Path], results: dict[str, EvalResult],
-           class_names: tuple[str, ...], calib_count: int, reuse_exports: bool, class_map: str | None) -> dict:
+           class_names: tuple[str, ...], calib_count: int, reuse_exports: bool, class_map: str | None,
+           vela: dict[str, dict]) -> dict:
     """The card's facts for one model, from its files and their evaluations."""
     entry = item.entry
     int8_report, npu_report = inspect_tflite(files["int8"]), inspect_tflite(files["int8_per_tensor"])
-    # Vela is deterministic: compiling again costs seconds and gives the export's own estimate.
-    vela = {key: compile_for_ethos_u(files[key]).as_dict() for key in ("imx93", "official_int8") if key in files}
+    # Vela is deterministic: a reused file (or the official one) compiled again gives the estimate it had.
+    vela = {key: vela.get(key) or compile_for_ethos_u(files[key]).as_dict()
+            for key in ("imx93", "official_int8") if key in files}
     return {
         "name": entry.name,
         "params": count_params(item.model),

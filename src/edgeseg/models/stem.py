@@ -1,4 +1,4 @@
-"""A space-to-depth stem: the first 3x3 stride-2 conv, rewritten as an exact 2x2 stride-1 conv on 12 channels.
+"""A space-to-depth stem: the first 3x3 stride-2 conv, rewritten as an exact 2x2 stride-1 conv on packed pixels.
 
 NPUs that store feature maps in channel bricks (the Ethos-U65 reads 16 channels at a time) run a 3-channel
 first conv at a few percent of their MACs, and it is the most expensive layer of a 513x513 DeepLab on the

@@ -32,6 +32,7 @@ from edgeseg.tflite.reader import (
     INPUT_SIZE_METADATA,
     SPACE_TO_DEPTH_LAYOUT,
     UPSCALE_METADATA,
+    VELA_CUSTOM_CODE,
     custom_codes,
     read_metadata,
 )
@@ -40,7 +41,6 @@ from edgeseg.zoo.registry import Preprocess
 # LiteRT's own wheel first, else tflite_runtime: NXP's board images ship that one (built with their NPU
 # delegates) and not ai-edge-litert. Every on-device path gets its interpreter from here.
 INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
-VELA_CUSTOM_CODE = "ethos-u"  # the custom op Arm Vela compiles a graph's NPU part into
 ETHOSU_DELEGATE = "/usr/lib/libethosu_delegate.so"  # NXP's Ethos-U delegate on the i.MX 93
 
 
@@ -57,7 +57,6 @@ def import_interpreter() -> tuple[str | None, Any, Any]:
 
 
 INTERPRETER_MODULE, Interpreter, load_delegate = import_interpreter()
-
 
 
 def _litert_info(line: str) -> bool:
@@ -110,7 +109,7 @@ class LiteRTRuntime:
         self.name = f"litert:{self.path.name}"
         self.lock = threading.RLock()  # see set_input
         metadata = read_metadata(self.path)
-        # A space-to-depth file (models/stem.py) takes 2x2 pixel blocks packed into 12 channels.
+        # A space-to-depth file (models/stem.py) takes 2x2 pixel blocks packed into 16 channels.
         self.packed = metadata.get(INPUT_LAYOUT_METADATA) == SPACE_TO_DEPTH_LAYOUT
         self._input, self._output = self._check_signature()
         self.input_size = self._image_size(metadata)
@@ -241,20 +240,18 @@ class LiteRTRuntime:
         if not self.outputs_logits:
             raise EdgesegError(f"{self.path} outputs labels, not class scores: export it with --output-kind logits "
                                "(or use backend='torch')")
-        batch = self.input_batch(pixels)
-        with self.lock:
-            self.interpreter.set_tensor(self._input["index"], batch)
-            self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self._output["index"])[0]
+        out = self._run(self.input_batch(pixels))
         scale, zero_point = self._output["quantization"]
         logits = (out.astype(np.float32) - zero_point) * scale if scale else out.astype(np.float32)
         return probabilities_from_logits(logits, self.input_size, *pixels.shape[:2])
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Returns int labels (H, W) for uint8 RGB pixels (H, W, 3) that fit inside input_size. Thread-safe."""
-        batch = self.input_batch(pixels)
+        return self.labels_from_output(self._run(self.input_batch(pixels)), *pixels.shape[:2])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Input, invoke and a copy of the output under the lock: the one critical section of the thread-safe calls."""
         with self.lock:
             self.interpreter.set_tensor(self._input["index"], batch)
             self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self._output["index"])[0]
-        return self.labels_from_output(out, *pixels.shape[:2])
+            return self.interpreter.get_tensor(self._output["index"])[0]

@@ -29,10 +29,11 @@ T = TypeVar("T")
 CLASSES_METADATA = "edgeseg_class_names"  # metadata entry where edgeseg exports keep their class names
 # Present (b"1") in exports of models trained on enlarged frames: smaller frames are enlarged to fit the input.
 UPSCALE_METADATA = "edgeseg_upscale"
-# A packed input (models/stem.py): each 2x2 pixel block as 12 channels; the image size it holds is kept too.
+# A packed input (models/stem.py): each 2x2 pixel block as channels (16, 12 used); the image size it holds is kept too.
 INPUT_LAYOUT_METADATA = "edgeseg_input_layout"
 SPACE_TO_DEPTH_LAYOUT = b"space_to_depth_2x2"
 INPUT_SIZE_METADATA = "edgeseg_input_size"
+VELA_CUSTOM_CODE = "ethos-u"  # the custom op Arm Vela compiles a graph's NPU part into
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")} if schema else {}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")} if schema else {}
 _NUMPY_TYPES = {
