@@ -34,7 +34,7 @@ test-fast: $(VENV)/.all-installed
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.all-installed
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

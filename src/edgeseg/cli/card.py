@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_arg(p, "evaluation data: a VOCdevkit folder, or images/ + masks/ (as for evaluate)", required=True,
                  old=("--voc-root",))
     p.add_argument("--split", default="val", help="split of --data to evaluate")
-    add_source_args(p, tflite=False, model_help="one zoo model (default: every zoo entry)")
+    add_source_args(p, tflite=False, model_help="a zoo model, or a wildcard such as '*camvid*' (default: every zoo "
+                                                "entry whose classes are the data's)")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", default=Path("card_out"),
                    help="folder for card, exports, charts")
     add_data_arg(p, "calibration data: a folder of images, or a dataset whose train split is used "
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace) -> None:
     from edgeseg.data.datasets import open_dataset, open_images, remap_for
     from edgeseg.evaluation.card import CardModel, measure, plot_charts, scores_on, write_card
     from edgeseg.io.files import ensure_writable_dir
-    from edgeseg.zoo.build import official_tflite
-    from edgeseg.zoo.registry import get_entry, list_models
+    from edgeseg.zoo.build import has_official_tflite, official_tflite
+    from edgeseg.zoo.registry import get_entry
 
     out_dir = ensure_writable_dir(args.output)
     dataset = open_dataset(args.data, args.split, args.limit)
@@ -46,11 +47,12 @@ def run(args: argparse.Namespace) -> None:
         items = [CardModel(entry, model)]
         dataset = remap_for(dataset, entry.class_names, args.data)
     else:
-        names = [args.model] if args.model else [n for n in list_models() if scores_on(get_entry(n), args.class_map)]
+        names = _card_models(args.model, lambda name: scores_on(get_entry(name), args.class_map))
         items = []
         for name in names:
             model, entry = load_torch_model(argparse.Namespace(model=name, weights=None))
-            items.append(CardModel(entry, model, official_tflite(get_entry(name).name)))
+            # Entries edgeseg trained have no official file to compare with; their exports are the whole story.
+            items.append(CardModel(entry, model, official_tflite(name) if has_official_tflite(name) else None))
     if args.class_map:  # a bad map fails now, not after minutes of exports
         from edgeseg.data.labelsets import load_mapping, mapping_lut
 
@@ -68,3 +70,18 @@ def run(args: argparse.Namespace) -> None:
             print(f"wrote {path}", file=sys.stderr)
     path = write_card([item.entry for item in items], facts, data, out_dir)
     print(path.read_text())
+
+
+def _card_models(pattern: str | None, fits) -> list[str]:
+    """The zoo entries a card covers: those `pattern` names (a name or a wildcard), else every one that `fits`."""
+    from edgeseg.errors import EdgesegError
+    from edgeseg.zoo.registry import get_entry, list_models
+
+    if pattern is None:
+        return [name for name in list_models() if fits(name)]
+    if not any(c in pattern for c in "*?["):
+        return [get_entry(pattern).name]
+    names = list_models(pattern)
+    if not names:
+        raise EdgesegError(f"--model {pattern!r} matches no zoo model; known models: {', '.join(list_models())}")
+    return names

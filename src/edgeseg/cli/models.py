@@ -17,11 +17,31 @@ def run(args: argparse.Namespace) -> None:
     from edgeseg.zoo.registry import get_entry, list_models
     from edgeseg.zoo.weights import local_weights
 
-    print(f"{'name':<32} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
+    print(f"{'name':<36} {'classes':>7} {'published mIoU fp32/int8':>25}  weights")
     for name in list_models(args.pattern):
         entry = get_entry(name)
         local = local_weights(entry.weights)
-        where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
+        if entry.weights.bundled:
+            where = f"shipped with edgeseg ({local})" if local else "missing from this install (reinstall edgeseg)"
+        else:
+            where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
         published = f"{entry.published.get('miou_fp32', '-')}/{entry.published.get('miou_int8', '-')}"
-        print(f"{name:<32} {entry.num_classes:>7} {published:>25}  {where}")
-        print(f"{'':<32} recipe: {entry.recipe}")
+        print(f"{name:<36} {entry.num_classes:>7} {published:>25}  {where}")
+        print(f"{'':<36} recipe: {entry.recipe}{_recorded_run(entry.recipe)}")
+
+
+def _recorded_run(recipe: str) -> str:
+    """For a shipped recipe (`edgeseg train --recipe NAME ...`): what its recorded run gave and took."""
+    from edgeseg.training.recipes import known_recipes, load_recipe
+
+    words = recipe.split()
+    if "--recipe" not in words or words.index("--recipe") + 1 >= len(words):
+        return ""
+    name = words[words.index("--recipe") + 1]
+    if name not in known_recipes():
+        return ""
+    result = load_recipe(name).result
+    if "val_miou" not in result:
+        return ""
+    return (f" ({result['epochs']} epochs: val mIoU {result['val_miou']:.2f}, "
+            f"{result['wall_clock']} on {result['machine']})")

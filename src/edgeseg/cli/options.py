@@ -58,7 +58,8 @@ def add_source_args(parser: argparse.ArgumentParser, *, tflite: bool = True, mod
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_source_args(parser)
     parser.add_argument("--backend", choices=["litert", "torch"],
-                        help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32)")
+                        help="litert (default: a zoo model runs its official INT8 .tflite) or torch (FP32; the default "
+                             "for the entries edgeseg trained, which have no official file)")
     parser.add_argument("--threads", type=threads_int, metavar="N", default=None,
                         help="LiteRT CPU threads (default: LiteRT's; the torch backend ignores it)")
     parser.add_argument("--delegate", type=Path, metavar="PATH",

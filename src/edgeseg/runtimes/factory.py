@@ -111,7 +111,8 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
 
     `model` may itself be a path ending in .tflite or .safetensors. Defaults: a zoo model runs its
     official INT8 .tflite with LiteRT (the fastest accurate runtime, and no torch import); pass
-    backend="torch" for the PyTorch FP32 model. A .tflite runs with LiteRT, a checkpoint with torch.
+    backend="torch" for the PyTorch FP32 model. Entries edgeseg trained have no official file: they run in
+    PyTorch from their shipped weights (export them for LiteRT). A .tflite runs with LiteRT, a checkpoint with torch.
 
     `input_size` (N or (H, W)) and `upscale` (enlarge smaller frames to fit) replace the model's own input
     handling; None keeps it. A PyTorch model runs at any size; a .tflite only at the size it was exported at.
@@ -140,7 +141,8 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     from edgeseg.zoo.registry import get_entry
 
     entry = get_entry(str(model or DEFAULT_MODEL))
-    if (backend or "litert") == "litert":
+    # An official entry runs its QAT .tflite by default; one edgeseg trained has no such file and runs in PyTorch.
+    if (backend or ("torch" if entry.weights.bundled else "litert")) == "litert":
         from edgeseg.zoo.build import official_tflite
 
         runtime = open_runtime(official_tflite(entry.name), "litert", threads=threads, delegate=delegate)

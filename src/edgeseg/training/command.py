@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
@@ -36,6 +37,9 @@ continues exactly as if the run had not stopped), teacher.safetensors (with --te
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path,
                    help="VOCdevkit/VOC2012-style folder, or a folder with images/ + masks/")
+    p.add_argument("--recipe", metavar="ENTRY",
+                   help="train as the zoo entry ENTRY was trained: every option from its recipe file (see "
+                        "`edgeseg models`), with --data and -o your own; prints the wall time at the end")
     p.add_argument("--train-split", help="training split (default train)")
     p.add_argument("--val-split", help="validation split, evaluated after each epoch (default val)")
     p.add_argument("--init", help=f"zoo model to start from (default {DEFAULT_INIT}), or a checkpoint "
@@ -126,19 +130,81 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not 0 <= args.workers <= 64:
         raise EdgesegError(f"--workers must be a whole number in 0..64, got {args.workers}")
     given = {k: getattr(args, k) for k in option_names() if getattr(args, k, None) is not None}
+    recipe = _recipe_of(args, given)
+    started = time.perf_counter()
     dist = init_distributed()
     try:
+        follow_recipe = recipe is not None
         if args.resume is not None:
             config = resume_config(Path(args.resume), given, args.out)
+            follow_recipe = bool(config.recipe) and "epochs" not in given  # --epochs N: the user takes over
+            if follow_recipe:
+                _resume_in_stage(config)
         else:
             config = new_config(given, args.out, dist.world)
         # Every rank must write into the same folder (the default name has a timestamp).
         config.out = dist.broadcast(config.out)
-        run_training(config, resume=args.resume is not None, dist=dist, workers=args.workers,
-                     progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
-                     baseline=args.baseline)
+        options = {"dist": dist, "workers": args.workers, "progress": not args.no_progress,
+                   "stop_after_epoch": args.stop_after_epoch}
+        summary = run_training(config, resume=args.resume is not None, baseline=args.baseline, **options)
+        if follow_recipe:
+            summary = _later_stages(config, summary, options)
+            if dist.is_main:
+                _report_recipe(config, summary, time.perf_counter() - started)
     finally:
         close_distributed(dist)
+
+
+def _recipe_of(args: argparse.Namespace, given: dict):
+    """The recipe named by --recipe, its options put into `given` (which may hold no other training option)."""
+    if args.recipe is None:
+        return None
+    from edgeseg.training.recipes import check_no_overrides, load_recipe
+
+    if args.resume is not None:
+        raise EdgesegError("--resume continues a recipe run by itself; drop --recipe")
+    recipe = load_recipe(args.recipe)
+    check_no_overrides({k: v for k, v in given.items() if k not in ("data", "recipe")})
+    given.update(recipe.options, epochs=recipe.stages[0], recipe=recipe.name)
+    return recipe
+
+
+def _resume_in_stage(config) -> None:
+    """A recipe run resumes within the stage it stopped in (config.json keeps the first stage's end)."""
+    from edgeseg.training.recipes import epochs_done, load_recipe
+
+    done = epochs_done(Path(config.out))
+    stages = load_recipe(config.recipe).stages
+    config.epochs = next((end for end in stages if end > done), stages[-1])
+
+
+def _later_stages(config, summary: dict, options: dict) -> dict:
+    """Runs the recipe's stages after the one just trained, each stretching the poly decay to its end (as
+    `--resume RUNDIR --epochs N` does). A stopped run (`stop_after_epoch`) goes no further."""
+    from edgeseg.training.loop import run_training
+    from edgeseg.training.recipes import epochs_done, load_recipe
+
+    out = Path(config.out)
+    for end in load_recipe(config.recipe).stages:
+        done = epochs_done(out)
+        stopped = options["stop_after_epoch"] is not None and done >= options["stop_after_epoch"]
+        if end <= done or stopped:
+            continue
+        stage = resume_config(out, {"epochs": end}, None)
+        summary = run_training(stage, resume=True, **options)
+    return summary
+
+
+def _report_recipe(config, summary: dict, seconds: float) -> None:
+    from edgeseg.training.recipes import format_duration, load_recipe
+
+    recorded = load_recipe(config.recipe).result
+    best = summary.get("best_miou")
+    shown = "n/a" if best is None else f"{best:.2f} (epoch {summary.get('best_epoch')})"
+    was = f"; the recipe recorded {recorded['val_miou']:.2f}" if "val_miou" in recorded else ""
+    logging.getLogger("edgeseg.training").info(
+        f"recipe {config.recipe}: {summary.get('epochs')} epochs, best val mIoU {shown}{was}; "
+        f"{format_duration(seconds)} wall clock")
 
 
 def main(argv: list[str] | None = None) -> int:

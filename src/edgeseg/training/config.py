@@ -33,7 +33,7 @@ RESUME_OVERRIDES = ("epochs",)
 CLASS_WEIGHT_MODES = ("none", "median-frequency")
 # Options added after runs were saved without them, with the value those runs used.
 LEGACY_DEFAULTS = {"class_weights": "none", "input_size": "513", "upscale": False, "teacher": "",
-                   "teacher_input_size": "", "distill_weight": 1.0}
+                   "teacher_input_size": "", "distill_weight": 1.0, "recipe": ""}
 
 
 @dataclass
@@ -66,6 +66,8 @@ class TrainConfig:
     teacher: str = ""
     teacher_input_size: str = ""  # "": the teacher's own
     distill_weight: float = 1.0
+    # The shipped recipe this run follows (training/recipes.py): a resume goes on with its later stages.
+    recipe: str = ""
 
     def preprocess_for(self, base: Preprocess) -> Preprocess:
         """Returns the init model's preprocessing with this run's input size and upscale."""

@@ -306,7 +306,7 @@ def _train_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
     for pixels, labels, *soft in bar:
         pixels = pixels.to(device, non_blocking=True, memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        lr = scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler's record lags a stretch)
         # Normalise by the labelled pixels of the whole global batch, so DDP's gradient average
         # equals the single-process gradient.
         (labelled,) = dist.all_sum([float((labels != IGNORE_INDEX).sum())])

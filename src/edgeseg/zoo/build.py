@@ -21,9 +21,18 @@ from edgeseg.zoo.weights import cache_dir, resolve_weights
 
 
 def official_tflite(name: str) -> Path:
-    """Returns the verified local path of an entry's official INT8 TFLite file."""
+    """Returns the verified local path of an entry's official INT8 TFLite file (entries trained by edgeseg have
+    none: their .tflite files are exported from the shipped weights)."""
     entry = get_entry(name)
+    if entry.weights.bundled:
+        raise EdgesegError(f"{name} was trained by edgeseg and has no official .tflite; run it with PyTorch "
+                           f"(--backend torch) or export one: edgeseg export --model {name}")
     return resolve_weights(entry.weights)
+
+
+def has_official_tflite(name: str) -> bool:
+    """True for entries whose weights come from an official INT8 .tflite (not trained by edgeseg)."""
+    return not get_entry(name).weights.bundled
 
 
 DIGEST_KEY = "edgeseg_tensors_sha256"  # safetensors metadata: a hash of every tensor, written with them
@@ -75,7 +84,8 @@ def read_verified(path: Path, *, load: bool = True) -> tuple[dict, dict[str, str
 
 
 def pretrained_state_dict(entry: ModelEntry) -> dict:
-    """Returns the float state dict imported from the official file (cached as safetensors).
+    """Returns the float state dict imported from the official file (cached as safetensors), or read from the
+    weights shipped with edgeseg for the entries it trained.
 
     The cache is verified on every read; a damaged or unverifiable one is rebuilt from the official file,
     itself checked against its sha256.
@@ -83,6 +93,9 @@ def pretrained_state_dict(entry: ModelEntry) -> dict:
 
     from edgeseg.zoo.official import state_dict_from_tflite
 
+    if entry.weights.bundled:  # edgeseg's own: float16 on disk (half the bytes), float32 to compute
+        tensors, _ = read_verified(resolve_weights(entry.weights))
+        return {name: value.float() for name, value in tensors.items()}
     cached = cache_dir() / f"{entry.name}-{entry.weights.sha256[:12]}.safetensors"
     if cached.is_file():
         try:
@@ -201,6 +214,24 @@ def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) 
     metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
     metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
     save_verified(model.state_dict(), Path(path), metadata)
+
+
+def write_shipped_weights(checkpoint: str | Path, name: str) -> Path:
+    """Writes a checkpoint's weights as zoo entry `name`'s shipped file (`TRAINED_DIR/<name>.safetensors`): float
+    tensors in float16, which halves the repository's bytes (the figures are measured on this file), with the
+    checkpoint's classes, input handling and digest in the metadata. Returns the path; the registry records its
+    sha256."""
+    import torch
+
+    from edgeseg.zoo.registry import TRAINED_DIR
+
+    metadata = checkpoint_metadata(Path(checkpoint))
+    tensors, _ = read_verified(Path(checkpoint))
+    half = {key: value.half() if value.is_floating_point() else value for key, value in tensors.items()}
+    kept = {key: metadata[key] for key in ("edgeseg_base", "class_names", "input_size", "upscale") if key in metadata}
+    path = TRAINED_DIR / f"{name}.safetensors"
+    save_verified(half, path, {**kept, "trained_from": metadata.get(DIGEST_KEY, ""), "dtype": str(torch.float16)})
+    return path
 
 
 def checkpoint_entry(path: str | Path) -> ModelEntry:

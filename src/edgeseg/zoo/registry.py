@@ -10,20 +10,23 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from edgeseg.data.labelsets import CITYSCAPES_CLASSES
+from edgeseg.data.labelsets import CAMVID_CLASSES, CITYSCAPES_CLASSES
 from edgeseg.data.voc import VOC_CLASSES
 from edgeseg.errors import EdgesegError
 
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """An official weights file: where it is published and what its bytes must hash to."""
+    """A weights file and what its bytes must hash to: an official QAT .tflite published at `url`, or (with
+    `bundled`) edgeseg's own trained weights, a float16 safetensors file shipped in the package (`TRAINED_DIR`)."""
 
     filename: str
     url: str
     sha256: str
     num_bytes: int
+    bundled: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ register_family(Family("deeplabv3_mobilenet_v2", "edgeseg.models.deeplabv3:deepl
 register_family(Family("deeplab_edgetpu", "edgeseg.models.deeplabv3:deeplab_edgetpu_slim", "MobilenetEdgeTPU"))
 
 _CORAL = "https://github.com/google-coral/test_data/raw/master/"
+# edgeseg's trained weights and the recipes that produced them (`edgeseg train --recipe NAME`), in the package.
+TRAINED_DIR = Path(__file__).parent / "trained"
 DEFAULT_MODEL = "deeplabv3_mnv2_dm05_voc"  # what commands and the API run when no model is named
 VOC_SUBSET = "VOC12 val subset (166 of 1,449 images), 513x513"
 
@@ -211,5 +216,49 @@ register(
                   "miou_int8_per_tensor": 51.46, "imx93_bytes": 2212520, "miou_imx93": 51.44,
                   "vela_imx93_ms": 34.98, "vela_official_ms": 152.40,
                   "miou_data": "CamVid val (101), zero-shot via cityscapes-to-camvid"},
+    )
+)
+
+# Trained by edgeseg on CamVid (../shared/camvid: SegNet's 367 train / 101 val frames, 480x360, 11 classes). Each has
+# a recipe file beside its weights (`edgeseg train --recipe NAME`); `published` is the recipe's own run, scored on
+# CamVid val by edgeseg, and `measured` comes from `edgeseg card --data ../shared/camvid --model '*camvid*'` on the
+# shipped float16 weights (miou_fp32_first8: the first 8 val frames, which tests recompute).
+CAMVID_VAL = "CamVid val (101 frames)"
+_CAMVID_DATA = "CamVid (367 train frames, 480x360, enlarged to fit the input)"
+_EDGETPU_CAMVID = WeightsFile(filename="deeplab_edgetpu_slim_camvid.safetensors", url="",
+                              sha256="9637a877f9fea96ee12f795c65353610c3696a6f3c8e6b5b447f8eb3943c831c",
+                              num_bytes=4122022, bundled=True)
+
+
+def _trained_on_camvid(name: str, recipe: str, **fields) -> ModelEntry:
+    return ModelEntry(name=name, class_names=CAMVID_CLASSES, dataset=_CAMVID_DATA,
+                      recipe=f"edgeseg train --recipe {recipe} --data CAMVID_DIR",
+                      published_on=f"{CAMVID_VAL}, edgeseg's run of its recipe (`edgeseg train --recipe {recipe}`)",
+                      license="Apache-2.0 (weights trained by edgeseg from Apache-2.0 TF DeepLab checkpoints)",
+                      **fields)
+
+
+register(
+    _trained_on_camvid(
+        "deeplab_edgetpu_slim_camvid", "deeplab_edgetpu_slim_camvid",
+        architecture="DeepLab (aspp0 + image pooling, 128 channels)",
+        backbone="MobileNet-EdgeTPU (output stride 16), fine-tuned from deeplab_edgetpu_slim_cityscapes",
+        family="deeplab_edgetpu", arch={"output_stride": 16}, weights=_EDGETPU_CAMVID,
+        # Frames enlarged 2x: the model was trained at 1.5x, and 2x scores higher (chosen on CamVid train frames).
+        preprocess=Preprocess(input_size=(721, 961), upscale=True),
+        published={"miou_fp32": 0.0},
+        measured={"miou_fp32_first8": 0.0},
+    )
+)
+
+register(
+    _trained_on_camvid(
+        "deeplab_edgetpu_slim_camvid_545x721", "deeplab_edgetpu_slim_camvid",
+        architecture="DeepLab (aspp0 + image pooling, 128 channels)",
+        backbone="MobileNet-EdgeTPU (output stride 16): deeplab_edgetpu_slim_camvid's weights at 1.5x, 0.57x its OPS",
+        family="deeplab_edgetpu", arch={"output_stride": 16}, weights=_EDGETPU_CAMVID,
+        preprocess=Preprocess(input_size=(545, 721), upscale=True),
+        published={"miou_fp32": 0.0},
+        measured={"miou_fp32_first8": 0.0},
     )
 )

@@ -1,4 +1,5 @@
-"""Find an entry's weights file: the user cache, then a local mirror, then the official URL.
+"""Find an entry's weights file: the user cache, then a local mirror, then the official URL; edgeseg's own
+trained weights are shipped in the package instead (`WeightsFile.bundled`).
 
 Every file is checked against its sha256 before use; downloads land in a temp file and are renamed
 into the cache only once the checksum matches, so the cache never holds a partial or wrong file.
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
-from edgeseg.zoo.registry import WeightsFile
+from edgeseg.zoo.registry import TRAINED_DIR, WeightsFile
 
 HOME_ENV = "EDGESEG_HOME"
 MIRROR_ENV = "EDGESEG_MIRROR"
@@ -46,7 +47,11 @@ def _verified(path: Path, weights: WeightsFile) -> Path:
 
 
 def local_weights(weights: WeightsFile) -> Path | None:
-    """Returns the first local copy (cache, then mirror) without checking it, or None."""
+    """Returns the first local copy (cache, then mirror; the package for bundled weights) without checking it,
+    or None."""
+    if weights.bundled:
+        path = TRAINED_DIR / weights.filename
+        return path if path.is_file() else None
     candidates = [cache_dir() / weights.filename]
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
@@ -58,6 +63,8 @@ def resolve_weights(weights: WeightsFile, *, download: bool = True) -> Path:
     """Returns a verified local path to `weights`, downloading it into the cache if needed. A file found in the
     mirror is also copied into the cache, so later commands find it without the mirror (`make demo`, then
     `edgeseg predict` in a shell of one's own)."""
+    if weights.bundled:
+        return _bundled(weights)
     local = local_weights(weights)
     if local is not None:
         _verified(local, weights)
@@ -65,6 +72,20 @@ def resolve_weights(weights: WeightsFile, *, download: bool = True) -> Path:
     if not download:
         raise EdgesegError(_offline_message(weights))
     return _download(weights)
+
+
+def _bundled(weights: WeightsFile) -> Path:
+    """The package's copy of edgeseg's trained weights, checked; nothing to download, so a missing or damaged
+    file is one line that says how to get a good one."""
+    path = TRAINED_DIR / weights.filename
+    if not path.is_file():
+        raise EdgesegError(f"{path}: missing; these weights ship with edgeseg (reinstall it, or `git checkout` the "
+                           "file in a clone)")
+    actual = sha256_of(path)
+    if actual != weights.sha256:
+        raise EdgesegError(f"{path}: damaged (sha256 {actual[:16]}..., expected {weights.sha256[:16]}...); "
+                           "reinstall edgeseg, or `git checkout` the file in a clone")
+    return path
 
 
 def _cached_copy(path: Path, weights: WeightsFile) -> Path:
