@@ -560,7 +560,7 @@ def test_teacher_soft_labels_follow_the_augmentation(tiny_voc, input_size, upsca
 
 
 def _first_loss(run: Path) -> float:
-    return json.loads((run / "log.jsonl").read_text().splitlines()[0])["loss"]
+    return next(row["loss"] for row in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in row)
 
 
 def test_distillation_adds_the_teachers_kl_to_the_loss(tiny_voc, tmp_path, capsys):
@@ -661,3 +661,26 @@ def test_bad_teachers_are_one_line_errors(tiny_voc, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
     assert not (tmp_path / "run" / "state.pt").exists()
+
+
+def test_an_epoch_far_below_the_baseline_is_warned_about_with_its_likely_cause():
+    from edgeseg.errors import EdgesegWarning
+    from edgeseg.training.config import TrainConfig
+    from edgeseg.training.loop import forgetting_warning
+
+    config = TrainConfig(data="voc", lr=0.007, batch_size=4)
+    log = [{"epoch": 0, "step": 0, "baseline_miou": 64.98}]
+    expected = r"epoch 1: val mIoU 11\.25 is 53\.7 points below .*--lr 0\.007 is too high"
+    with pytest.warns(EdgesegWarning, match=expected):
+        assert forgetting_warning(config, log, 1, 11.25)
+    assert forgetting_warning(config, log, 1, 60.0) is None  # 5 points: within what a first epoch may cost
+    assert forgetting_warning(config, log, 3, 11.25) is None  # later epochs: the curve speaks for itself
+    assert forgetting_warning(config, [], 1, 11.25) is None  # no baseline, nothing to compare with
+
+
+def test_a_fine_tune_on_the_init_models_classes_measures_its_baseline_by_default(tiny_voc, tmp_path, capsys):
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "run", "--epochs", 1)) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "baseline_miou" in rows[0] and "baseline:" in capsys.readouterr().out
+    assert _train(*_tiny_args(tiny_voc, tmp_path / "off", "--epochs", 1, "--no-baseline")) == 0
+    assert "baseline_miou" not in (tmp_path / "off" / "log.jsonl").read_text()

@@ -3,7 +3,8 @@
 One job per module: `config` (the typed TrainConfig), `data` (checks, augmentation, batch order),
 `batchnorm` (batch norm in for training, folded out for checkpoints), `distill` (a teacher's soft labels),
 `loop` (the training loop), `distributed` (torchrun setup), `checkpoints` (run folder files), `validation`
-(sharded val, baseline), `command` (the `edgeseg train` options). Nothing here imports the CLI.
+(sharded val, baseline), `recipes` (the shipped recipe files behind `--recipe`), `command` (the `edgeseg train`
+options). Nothing here imports the CLI.
 """
 
 from __future__ import annotations

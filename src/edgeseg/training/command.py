@@ -90,8 +90,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in RUNDIR from its last finished epoch")
     p.add_argument("--workers", type=int, default=1,
                    help="data loader processes augmenting ahead of the step (default 1; 0: in the loop)")
-    p.add_argument("--baseline", action="store_true",
-                   help="first evaluate the init model itself on the (remapped) val split")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="first evaluate the init model itself on the (remapped) val split; default: when the run "
+                        "keeps its classes or merges VOC's, so that an epoch far below it is warned about at once")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # simulates an interruption
 

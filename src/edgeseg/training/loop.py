@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from edgeseg.data.datasets import RemappedDataset, label_lut, open_dataset
 from edgeseg.data.labelsets import source_classes
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import ensure_writable_dir
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
@@ -87,6 +87,7 @@ class Run:
     start: str  # the weights the model is built from: the init, or on resume the run's own last checkpoint
     loss_weights: torch.Tensor | None = None
     teacher: SoftLabels | list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
+    baseline: bool = False  # evaluate the init model first (a new run only)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -114,22 +115,25 @@ def seed_everything(seed: int, device: str) -> None:
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, dist: Dist | None = None, workers: int = 0,
-                 progress: bool = True, stop_after_epoch: int | None = None, baseline: bool = False) -> dict:
-    """Trains (or continues) the run described by `config`; returns a summary dict."""
+                 progress: bool = True, stop_after_epoch: int | None = None, baseline: bool | None = None) -> dict:
+    """Trains (or continues) the run described by `config`; returns a summary dict.
+
+    `baseline`: first evaluate the init model itself on the run's classes. None (the default) does so when the run
+    keeps the init model's classes or merges VOC's (the fine-tunes that can forget), so that an epoch far below
+    it is reported at once (`forgetting_warning`)."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
         with contextlib.ExitStack() as hold:
             run = _prepare(config, resume=resume, dist=dist or Dist(), progress=progress, baseline=baseline,
                            hold=hold)
-            return _train(run, resume=resume, workers=workers, stop_after_epoch=stop_after_epoch,
-                          baseline=baseline)
+            return _train(run, resume=resume, workers=workers, stop_after_epoch=stop_after_epoch)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, baseline: bool,
+def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, baseline: bool | None,
              hold: contextlib.ExitStack) -> Run:
     """Checks the data in full and the run folder, before any training; the main process locks the run folder
     for as long as `hold` is open."""
@@ -155,6 +159,8 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
                            f"fewer than --batch-size {config.batch_size}")
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
+    if baseline is None:
+        baseline = names == base_entry.class_names or (lut is not None and base_entry.class_names == VOC_CLASSES)
     if baseline and lut is None and set(source_classes(base_entry.class_names, names)) != set(names):
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
     if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):
@@ -167,7 +173,8 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
     return Run(config, dist, out, entry, train_set, val_set, steps_per_epoch, show, zoo_base(start), start,
-               _loss_weights(config, train_set, dist.is_main), _teacher(config, train_set, out, dist, show))
+               _loss_weights(config, train_set, dist.is_main), _teacher(config, train_set, out, dist, show),
+               baseline=baseline)
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
@@ -247,7 +254,7 @@ def _resume(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
     return Progress(state["epoch"], state["step"], state["best_miou"], state["best_epoch"], log)
 
 
-def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None, baseline: bool) -> dict:
+def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None) -> dict:
     config, dist = run.config, run.dist
     seed_everything(config.seed, dist.device)
     model = build_model(run, measure=not resume)
@@ -264,7 +271,7 @@ def _train(run: Run, *, resume: bool, workers: int, stop_after_epoch: int | None
     elif dist.is_main:
         write_json(run.out / "config.json", config.to_json())
 
-    if baseline and not resume:
+    if run.baseline and not resume:
         progress.log.append(_baseline(run, model))
 
     ddp_model = model
@@ -359,6 +366,26 @@ def _baseline(run: Run, model: torch.nn.Module) -> dict:
     return {"epoch": 0, "step": 0, "baseline_miou": miou}
 
 
+# An epoch this far below the init model's own figure (points, and share of it) is forgetting, not noise.
+FORGETTING_POINTS, FORGETTING_SHARE = 8.0, 0.12
+
+
+def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: float | None) -> str | None:
+    """Warns (and returns the message) when the first epochs' val mIoU falls far below the baseline in `log`:
+    the run is losing what the init model knew, most often from a learning rate made for training from scratch."""
+    baseline = next((row["baseline_miou"] for row in log if "baseline_miou" in row), None)
+    if miou is None or baseline is None or epoch > 2:
+        return None
+    drop = baseline - miou
+    if drop < max(FORGETTING_POINTS, FORGETTING_SHARE * baseline):
+        return None
+    message = (f"epoch {epoch}: val mIoU {miou:.2f} is {drop:.1f} points below the init model's {baseline:.2f}: the "
+               f"fine-tune is forgetting what {config.init} knew. Likely cause: --lr {config.lr:g} is too high for a "
+               f"trained model at batch {config.batch_size}; stop and try a rate 3-10x lower")
+    warn(message)
+    return message
+
+
 def first_non_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str | None:
     """Returns the name of the first model tensor (or optimizer state) holding NaN or infinity, else None."""
     for name, value in model.state_dict().items():
@@ -395,6 +422,8 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
     if improved or (miou is None and progress.best_miou is None):  # no val images: the last epoch is "best"
         progress.best_miou, progress.best_epoch = miou, epoch
     progress.epoch = epoch
+    if run.dist.is_main:
+        forgetting_warning(run.config, progress.log, epoch, miou)
     progress.log.append({"epoch": epoch, "step": progress.step, "train_loss": round(train_loss, 6),
                          "val_miou": miou, "val_iou": dict(zip(run.names, ious)),
                          "best": progress.best_epoch == epoch, "seconds": round(seconds, 2)})
