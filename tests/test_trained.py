@@ -158,3 +158,13 @@ def test_card_takes_a_wildcard_and_refuses_one_that_matches_nothing(tmp_path, ca
                      "-o", str(tmp_path / "card")]) == 2
     err = capsys.readouterr().err.strip()
     assert "matches no zoo model" in err and len(err.splitlines()) == 1
+
+
+def test_what_a_trained_entry_cannot_do_is_one_line(tmp_path, capsys):
+    frame = next((CAMVID / "val" / "images").glob("*.jpg"))
+    (tmp_path / "libdelegate.so").write_bytes(b"not loaded: refused before")
+    for extra in (["--backend", "litert"], ["--delegate", str(tmp_path / "libdelegate.so")]):
+        assert cli_main(["predict", str(frame), "--model", "deeplabv3_mnv2_dm05_camvid", "-o", str(tmp_path),
+                         *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "ships as PyTorch weights" in err and "edgeseg export --model" in err and len(err.splitlines()) == 1

@@ -141,6 +141,8 @@ def open_model(model: str | Path | None = None, *, tflite: str | Path | None = N
     from edgeseg.zoo.registry import get_entry
 
     entry = get_entry(str(model or DEFAULT_MODEL))
+    if entry.weights.bundled:
+        _check_trained_entry(entry.name, backend, delegate)
     # An official entry runs its QAT .tflite by default; one edgeseg trained has no such file and runs in PyTorch.
     if (backend or ("torch" if entry.weights.bundled else "litert")) == "litert":
         from edgeseg.zoo.build import official_tflite
@@ -181,6 +183,16 @@ def _checked_sources(model, tflite, weights, backend: str | None, input_size: Si
     if delegate is not None and backend == "torch":
         raise EdgesegError("--delegate runs a .tflite with LiteRT, not the PyTorch model: drop --backend torch")
     return model, tflite, weights, input_size
+
+
+def _check_trained_entry(name: str, backend: str | None, delegate) -> None:
+    """An entry edgeseg trained ships PyTorch weights, no .tflite: what it cannot do is said before any work."""
+    export = f"export it (`edgeseg export --model {name} --target imx8mp|imx93`) and pass the file with --tflite"
+    if delegate is not None or backend == "litert":
+        raise EdgesegError(f"{name} ships as PyTorch weights, with no .tflite of its own: {export}")
+    if not torch_available():
+        raise EdgesegError(f"{name} ships as PyTorch weights: install PyTorch (pip install 'edgeseg[torch]'), or "
+                           f"on a machine that has it, {export}")
 
 
 def _input_handling(preprocess: Preprocess, input_size: tuple[int, int] | None,

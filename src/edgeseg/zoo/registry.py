@@ -226,7 +226,7 @@ register(
 CAMVID_VAL = "CamVid val (101 frames)"
 _CAMVID_DATA = "CamVid (367 train frames, 480x360, enlarged to fit the input)"
 _EDGETPU_CAMVID = WeightsFile(filename="deeplab_edgetpu_slim_camvid.safetensors", url="",
-                              sha256="9637a877f9fea96ee12f795c65353610c3696a6f3c8e6b5b447f8eb3943c831c",
+                              sha256="30c785a3f63148a655b66cfe9d5e2890e3ca6d7bd9930dcd1795033e1e37dd3d",
                               num_bytes=4122022, bundled=True)
 
 
