@@ -246,8 +246,8 @@ register(
         family="deeplab_edgetpu", arch={"output_stride": 16}, weights=_EDGETPU_CAMVID,
         # Frames enlarged 2x: the model was trained at 1.5x, and 2x scores higher (chosen on CamVid train frames).
         preprocess=Preprocess(input_size=(721, 961), upscale=True),
-        published={"miou_fp32": 0.0},
-        measured={"miou_fp32_first8": 0.0},
+        published={"miou_fp32": 70.22},
+        measured={"miou_fp32_first8": 68.22},
     )
 )
 
@@ -258,8 +258,8 @@ register(
         backbone="MobileNet-EdgeTPU (output stride 16): deeplab_edgetpu_slim_camvid's weights at 1.5x, 0.57x its OPS",
         family="deeplab_edgetpu", arch={"output_stride": 16}, weights=_EDGETPU_CAMVID,
         preprocess=Preprocess(input_size=(545, 721), upscale=True),
-        published={"miou_fp32": 0.0},
-        measured={"miou_fp32_first8": 0.0},
+        published={"miou_fp32": 67.29},
+        measured={"miou_fp32_first8": 66.04},
     )
 )
 
