@@ -270,10 +270,11 @@ register(
         backbone="MobileNetV2 (depth multiplier 0.5, output stride 16), from deeplabv3_mnv2_dm05_voc, distilled from "
                  "deeplab_edgetpu_slim_camvid",
         family="deeplabv3_mobilenet_v2", arch={"width_mult": 0.5, "output_stride": 16},
-        weights=WeightsFile(filename="deeplabv3_mnv2_dm05_camvid.safetensors", url="", sha256="0" * 64,
-                            num_bytes=0, bundled=True),
+        weights=WeightsFile(filename="deeplabv3_mnv2_dm05_camvid.safetensors", url="",
+                            sha256="628df7994befd3d213cf893bf81f0f9781ce1bd5b8b4096fc077fd972d34db98",
+                            num_bytes=1383246, bundled=True),
         preprocess=Preprocess(input_size=(545, 721), upscale=True),
-        published={"miou_fp32": 0.0},
-        measured={"miou_fp32_first8": 0.0},
+        published={"miou_fp32": 62.27},
+        measured={"miou_fp32_first8": 61.69},
     )
 )
