@@ -6,9 +6,10 @@ from edgeseg.zoo.registry import get_entry, list_models
 
 
 def test_zoo_entries():
-    assert list_models() == ["deeplab_edgetpu_slim_cityscapes", "deeplabv3_mnv2_dm05_voc",
-                             "deeplabv3_mnv2_dm10_voc"]
-    assert list_models("*dm05*") == ["deeplabv3_mnv2_dm05_voc"]
+    assert list_models() == ["deeplab_edgetpu_slim_camvid", "deeplab_edgetpu_slim_camvid_545x721",
+                             "deeplab_edgetpu_slim_cityscapes", "deeplabv3_mnv2_dm05_camvid",
+                             "deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm10_voc"]
+    assert list_models("*dm05*") == ["deeplabv3_mnv2_dm05_camvid", "deeplabv3_mnv2_dm05_voc"]
     entry = get_entry("deeplabv3_mnv2_dm05_voc")
     assert entry.arch["width_mult"] == 0.5 and entry.preprocess.input_size == 513
     assert entry.class_names == VOC_CLASSES
