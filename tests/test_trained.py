@@ -168,3 +168,14 @@ def test_what_a_trained_entry_cannot_do_is_one_line(tmp_path, capsys):
                          *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert "ships as PyTorch weights" in err and "edgeseg export --model" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_params_and_ops_match_the_registry(name):
+    from edgeseg.evaluation.complexity import count_ops, count_params
+    from edgeseg.zoo.build import build_model
+
+    entry = get_entry(name)
+    model = build_model(entry)
+    assert count_params(model) == entry.measured["params"]
+    assert count_ops(model, entry.preprocess.input_size).total == entry.measured["ops"]
