@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,10 @@ VOC_ROOT = SHARED / "voc" / "VOC2012"
 MODELS = SHARED / "models"
 
 os.environ.setdefault("EDGESEG_MIRROR", str(MODELS))
+# Started in the background by a shell without job control (`nohup make test &`), the suite inherits SIGINT
+# ignored, and so would every command it starts: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Never write into the user's cache from tests.
 os.environ["EDGESEG_HOME"] = tempfile.mkdtemp(prefix="edgeseg-test-home-")
 
