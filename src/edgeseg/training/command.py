@@ -135,12 +135,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     dist = init_distributed()
     try:
-        follow_recipe = recipe is not None
         if args.resume is not None:
             config = resume_config(Path(args.resume), given, args.out)
-            follow_recipe = bool(config.recipe) and "epochs" not in given  # --epochs N: the user takes over
-            if follow_recipe:
-                _resume_in_stage(config)
+            if config.recipe and "epochs" not in given:  # with --epochs N the user takes over
+                from edgeseg.training.recipes import load_recipe
+
+                recipe = load_recipe(config.recipe)
+                _resume_in_stage(config, recipe.stages)
         else:
             config = new_config(given, args.out, dist.world)
         # Every rank must write into the same folder (the default name has a timestamp).
@@ -148,10 +149,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         options = {"dist": dist, "workers": args.workers, "progress": not args.no_progress,
                    "stop_after_epoch": args.stop_after_epoch}
         summary = run_training(config, resume=args.resume is not None, baseline=args.baseline, **options)
-        if follow_recipe:
-            summary = _later_stages(config, summary, options)
+        if recipe is not None:
+            summary = _later_stages(config, recipe.stages, summary, options)
             if dist.is_main:
-                _report_recipe(config, summary, time.perf_counter() - started)
+                _report_recipe(recipe, summary, time.perf_counter() - started)
     finally:
         close_distributed(dist)
 
@@ -170,23 +171,22 @@ def _recipe_of(args: argparse.Namespace, given: dict):
     return recipe
 
 
-def _resume_in_stage(config) -> None:
+def _resume_in_stage(config, stages: tuple[int, ...]) -> None:
     """A recipe run resumes within the stage it stopped in (config.json keeps the first stage's end)."""
-    from edgeseg.training.recipes import epochs_done, load_recipe
+    from edgeseg.training.recipes import epochs_done
 
     done = epochs_done(Path(config.out))
-    stages = load_recipe(config.recipe).stages
     config.epochs = next((end for end in stages if end > done), stages[-1])
 
 
-def _later_stages(config, summary: dict, options: dict) -> dict:
+def _later_stages(config, stages: tuple[int, ...], summary: dict, options: dict) -> dict:
     """Runs the recipe's stages after the one just trained, each stretching the poly decay to its end (as
     `--resume RUNDIR --epochs N` does). A stopped run (`stop_after_epoch`) goes no further."""
     from edgeseg.training.loop import run_training
-    from edgeseg.training.recipes import epochs_done, load_recipe
+    from edgeseg.training.recipes import epochs_done
 
     out = Path(config.out)
-    for end in load_recipe(config.recipe).stages:
+    for end in stages:
         done = epochs_done(out)
         stopped = options["stop_after_epoch"] is not None and done >= options["stop_after_epoch"]
         if end <= done or stopped:
@@ -196,15 +196,15 @@ def _later_stages(config, summary: dict, options: dict) -> dict:
     return summary
 
 
-def _report_recipe(config, summary: dict, seconds: float) -> None:
-    from edgeseg.training.recipes import format_duration, load_recipe
+def _report_recipe(recipe, summary: dict, seconds: float) -> None:
+    from edgeseg.training.recipes import format_duration
 
-    recorded = load_recipe(config.recipe).result
+    recorded = recipe.result
     best = summary.get("best_miou")
     shown = "n/a" if best is None else f"{best:.2f} (epoch {summary.get('best_epoch')})"
     was = f"; the recipe recorded {recorded['val_miou']:.2f}" if "val_miou" in recorded else ""
     logging.getLogger("edgeseg.training").info(
-        f"recipe {config.recipe}: {summary.get('epochs')} epochs, best val mIoU {shown}{was}; "
+        f"recipe {recipe.name}: {summary.get('epochs')} epochs, best val mIoU {shown}{was}; "
         f"{format_duration(seconds)} wall clock")
 
 
