@@ -668,11 +668,13 @@ def test_an_epoch_far_below_the_baseline_is_warned_about_with_its_likely_cause()
     from edgeseg.training.config import TrainConfig
     from edgeseg.training.loop import forgetting_warning
 
-    config = TrainConfig(data="voc", lr=0.007, batch_size=4)
+    config = TrainConfig(data="voc", lr=0.007, batch_size=4, bn="frozen")
     log = [{"epoch": 0, "step": 0, "baseline_miou": 64.98}]
     expected = r"epoch 1: val mIoU 11\.25 is 53\.7 points below .*--lr 0\.007 is too high"
     with pytest.warns(EdgesegWarning, match=expected):
         assert forgetting_warning(config, log, 1, 11.25)
+    with pytest.warns(EdgesegWarning, match=r"statistics from batches of 4 \(--bn train\).*try --bn frozen"):
+        assert forgetting_warning(TrainConfig(data="voc", lr=0.007, batch_size=4, bn="train"), log, 1, 11.25)
     assert forgetting_warning(config, log, 1, 60.0) is None  # 5 points: within what a first epoch may cost
     assert forgetting_warning(config, log, 3, 11.25) is None  # later epochs: the curve speaks for itself
     assert forgetting_warning(config, [], 1, 11.25) is None  # no baseline, nothing to compare with

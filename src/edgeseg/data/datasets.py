@@ -232,6 +232,16 @@ def label_lut(label_map: str, names: tuple[str, ...]) -> np.ndarray | None:
     return lut
 
 
+def class_groups(lut: np.ndarray | None, source_names: tuple[str, ...],
+                 names: tuple[str, ...]) -> tuple[tuple[int, ...], ...] | None:
+    """Each of `names`' classes as the group of `source_names`' classes whose labels `lut` sends to it, when a VOC
+    model's classes are merged into `names` (None otherwise, or when a class of `names` has no VOC class)."""
+    if lut is None or source_names != VOC_CLASSES or names == VOC_CLASSES:
+        return None
+    groups = tuple(tuple(k for k in range(len(VOC_CLASSES)) if lut[k] == c) for c in range(len(names)))
+    return groups if all(groups) else None
+
+
 class RemappedDataset:
     """A dataset whose `load(sample)` returns masks with labels sent through a lookup table.
 

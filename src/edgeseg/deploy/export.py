@@ -33,6 +33,7 @@ from edgeseg.deploy.vela import VELA_VERSION, compile_for_ethos_u, compiled_path
 from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import atomic_path, check_output_file
 from edgeseg.logs import discarded_stderr, native_stderr, progress_stream, status, third_party_output
+from edgeseg.models.deeplabv3 import merge_classes
 from edgeseg.pipeline import (
     DEEPLAB,
     PACKED_CHANNELS,
@@ -160,9 +161,14 @@ class DeployModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model.forward_logits(x.permute(0, 3, 1, 2))
+        groups = getattr(self.model, "class_groups", None)
         if self.output == "logits":
-            return logits.permute(0, 2, 3, 1)
+            # A merged head merges at output stride here (the host upsamples), not after upsampling as in torch:
+            # bilinear resizing and max do not commute, so boundary pixels may differ (docs/training.md).
+            return (logits if groups is None else merge_classes(logits, groups)).permute(0, 2, 3, 1)
         up = F.interpolate(logits, size=self.input_size, mode="bilinear", align_corners=True)
+        if groups is not None:
+            up = merge_classes(up, groups)
         return up.permute(0, 2, 3, 1).argmax(dim=-1)
 
 

@@ -6,6 +6,8 @@ concatenated (pooling first), projected, then classified. No atrous ASPP branche
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,13 +33,31 @@ class DeepLabHead(nn.Module):
         return self.classifier(self.projection(x))
 
 
+ClassGroups = tuple[tuple[int, ...], ...]
+
+
+def merge_classes(logits: Tensor, groups: ClassGroups) -> Tensor:
+    """Returns, for each group of classifier rows, the maximum of their logits (dim 1): the argmax of the result
+    is the group of the rows' argmax, so a model merging classes predicts exactly what its rows predict,
+    remapped. Built from SPLIT, MAXIMUM and CONCATENATION, which LiteRT's quantizer quantizes (it leaves
+    REDUCE_MAX in float) and both NPUs run (the VX delegate's list; Vela's SUPPORTED_OPS)."""
+    rows = logits.split(1, dim=1)
+    return torch.cat([functools.reduce(torch.maximum, [rows[row] for row in group]) for group in groups], dim=1)
+
+
 class DeepLabV3(nn.Module):
-    """Returns logits at the input resolution (bilinear, align_corners=True, as DeepLab resizes)."""
+    """Returns logits at the input resolution (bilinear, align_corners=True, as DeepLab resizes).
+
+    With `class_groups` set, the classifier keeps the rows of the classes it was trained for, and each output
+    class is the maximum of its group of rows, taken after upsampling (merge_classes): a fine-tune that merges
+    VOC's classes into background and person starts exactly at the VOC model's predictions, remapped.
+    """
 
     def __init__(self, backbone: MobileNetV2, head: DeepLabHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.class_groups: ClassGroups | None = None
 
     def forward_logits(self, x: Tensor) -> Tensor:
         """Returns the classifier's logits at output stride (33x33 for a 513x513 input)."""
@@ -45,7 +65,8 @@ class DeepLabV3(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.forward_logits(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        up = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return up if self.class_groups is None else merge_classes(up, self.class_groups)
 
 
 def deeplabv3_mobilenet_v2(*, width_mult: float, num_classes: int, output_stride: int = 16) -> DeepLabV3:

@@ -1,13 +1,20 @@
 """Batch norm put back into a model whose convs have it folded in, for training; folded out again to save.
 
-The zoo weights carry batch norm folded into each conv (W_fold, b_fold), and SGD on those collapses at
-ordinary learning rates: channel scales span orders of magnitude, so one rate is far too large for some.
-`insert_batchnorm` rescales every conv's output channels to one norm (W_n = W_fold / s, each row to
-sqrt(2), He's norm) and puts a BatchNorm after it whose statistics are measured on training crops and
-whose affine undoes them: gamma = s * sqrt(var + eps), beta = b_fold + s * mean. In eval mode
-BN(W_n x) == W_fold x + b_fold, so the network computes the same function. `fold_batchnorm` turns it
-back into plain ConvAct layers (W = W_n * gamma / sqrt(var + eps), b = beta - mean * that), the zoo
-architecture, so checkpoints and exports do not change. The final classifier keeps no batch norm.
+The zoo weights carry batch norm folded into each conv (W_fold, b_fold). `insert_batchnorm` rescales every
+conv's output channels to one row norm R (W_n = W_fold / s, s = |row| / R) and puts a BatchNorm after it whose
+statistics are measured on training crops and whose affine undoes them: gamma = s * sqrt(var + eps),
+beta = b_fold + s * mean. In eval mode BN(W_n x) == W_fold x + b_fold, so the network computes the same
+function. `fold_batchnorm` turns it back into plain ConvAct layers (W = W_n * gamma / sqrt(var + eps),
+b = beta - mean * that), the zoo architecture, so checkpoints and exports do not change. The final classifier
+keeps no batch norm.
+
+R sets how far SGD moves each channel: a step of lr on W_n moves the folded row by lr * s^2 times its
+gradient. With training statistics the layer is scale invariant and R = sqrt(2) (He's norm) is the rate the
+CamVid recipes were tuned at. With frozen statistics nothing renormalizes the channel: at sqrt(2) a trained
+model's rows, far longer than a fresh network's, moved too far and fine-tunes at lr 1e-3 collapsed. Frozen
+layers therefore put the rows at FROZEN_ROW_NORM and freeze the affine too, as torchvision's and Detectron2's
+FrozenBatchNorm2d do: its scale and shift step in output units whatever R is (bench/frozen_bn_probe.py,
+docs/training.md).
 """
 
 from __future__ import annotations
@@ -23,17 +30,22 @@ from torch import Tensor, nn
 from edgeseg.models.mobilenetv2 import ConvAct
 
 ROW_NORM = math.sqrt(2.0)  # He: Var(w) = 2 / fan_in, so a row of fan_in weights has norm sqrt(2)
+# With frozen statistics: steps (lr * s^2) 800x smaller than at sqrt(2); chosen by bench/frozen_bn_probe.py.
+FROZEN_ROW_NORM = 40.0
 EPS = 1e-3  # TF DeepLab's batch norm epsilon
 MOMENTUM = 0.1  # running-statistics update per step when statistics train (PyTorch's default)
 SKIP = ("head.classifier",)  # the logits layer: no batch norm, as in DeepLab
 
 
 class FreezableBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose statistics can be frozen: then it stays in eval mode whatever model.train() says."""
+    """BatchNorm2d that can be frozen: then it stays in eval mode whatever model.train() says, and its affine
+    does not train (a fixed per-channel map, as torchvision's FrozenBatchNorm2d)."""
 
     def __init__(self, channels: int, *, frozen: bool) -> None:
         super().__init__(channels, eps=EPS, momentum=MOMENTUM)
         self.frozen = frozen
+        self.weight.requires_grad_(not frozen)
+        self.bias.requires_grad_(not frozen)
 
     def train(self, mode: bool = True) -> FreezableBatchNorm2d:
         return super().train(mode and not self.frozen)
@@ -81,15 +93,17 @@ def insert_batchnorm(model: nn.Module, batches: Iterable[Tensor] = (), *, frozen
 
     Batch norm statistics are measured on `batches` (NCHW normalized pixels) as the model sees them;
     with none they start at mean 0, variance 1. `frozen` keeps the statistics fixed during training
-    (the affine still trains); otherwise training uses batch statistics and updates the running ones.
+    and the affine fixed, and puts the rows at FROZEN_ROW_NORM; otherwise training uses batch statistics and
+    updates the running ones.
     """
+    row_norm = FROZEN_ROW_NORM if frozen else ROW_NORM
     layers: list[tuple[ConvBNAct, Tensor]] = []
     for name, old in _convacts(model):
         weight = old.conv.weight.detach()
         bias = old.conv.bias.detach() if old.conv.bias is not None else torch.zeros(weight.shape[0])
         norm = weight.flatten(1).norm(dim=1).to(torch.float64)
         # A dead (all-zero) channel keeps scale 1: its output is 0 either way.
-        scale = torch.where(norm > 0, norm / ROW_NORM, torch.ones_like(norm))
+        scale = torch.where(norm > 0, norm / row_norm, torch.ones_like(norm))
         new = ConvBNAct(old.conv, old.act, frozen=frozen).to(weight.device)
         new.conv.weight.copy_((weight.double() / scale.reshape(-1, 1, 1, 1)).to(weight.dtype))
         new.bn.running_mean.zero_()

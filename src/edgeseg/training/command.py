@@ -55,9 +55,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help=f"base learning rate, poly decay (default {LR_BN_TRAIN} with batch "
                                             f"norm statistics training, {LR_BN_FROZEN} with them frozen)")
     p.add_argument("--bn", choices=BN_MODES,
-                   help="batch norm statistics while training: train (batch statistics), frozen (the ones "
-                        f"measured at the start), auto (default): train from {BN_TRAIN_BATCH} images per "
-                        "process up, else frozen")
+                   help="batch norm while training: train (batch statistics), frozen (the statistics "
+                        "measured at the start, and scale and shift, stay fixed), "
+                        "auto (default): frozen when the init model already predicts the run's classes (its "
+                        f"own, or VOC's merged), else train from {BN_TRAIN_BATCH} images per process up")
     p.add_argument("--class-weights", choices=CLASS_WEIGHT_MODES,
                    help="loss weight per class: none (default), or median-frequency (rare classes weigh "
                         "more; weights from the training masks, printed at the start)")
@@ -67,6 +68,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="enlarge frames smaller than --input-size to fit it, in training and wherever the "
                         "checkpoint runs (small frames, e.g. 480x360 road scenes: small objects grow); "
                         "default off, or as the --init checkpoint was trained")
+    p.add_argument("--merge-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="when --classes merges the VOC init model's classes (e.g. background,person), keep its "
+                        "21 classifier rows and score each class by the maximum of its rows, so the run starts "
+                        "at the init model's remapped predictions (default on)")
     p.add_argument("--teacher", metavar="MODEL",
                    help="distil from this zoo model or checkpoint: its soft labels (computed once per training "
                         "frame, cached in the run folder) join the loss; its classes must be the run's, or VOC's "

@@ -11,21 +11,23 @@ from pathlib import Path
 
 from edgeseg.checks import parse_size
 from edgeseg.data.datasets import resolve_label_map
-from edgeseg.data.voc import MAX_CLASSES
+from edgeseg.data.voc import MAX_CLASSES, VOC_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import Preprocess
 
 DEFAULT_INIT = "deeplabv3_mnv2_dm05_voc"
 BN_MODES = ("auto", "frozen", "train")
-# `--bn auto` trains batch norm statistics from this many images per process up. DeepLab asks for larger
-# batches (fine_tune_batch_norm with 12+), but here batch statistics from 4-8 crops trained stably at
-# lr 0.001-0.007, while frozen statistics raised the loss at 0.001 (tests/test_train.py, docs/training.md lr sweep).
+# `--bn auto`, resolved when a run starts (config.json records the choice): a run whose init model already
+# predicts its classes (its own, or VOC's merged) keeps batch norm frozen, as a 40-step VOC fine-tune of the VOC
+# model lost 11 points with batch statistics from 4 crops even at lr 1e-4, and 29 from 8 crops at lr 0.007;
+# a run learning new classes trains the statistics from BN_TRAIN_BATCH images per process up, as the domain
+# moves (3 CamVid epochs from the VOC model at batch 8: 36.87 with them, 18.74 frozen). docs/training.md.
 BN_TRAIN_BATCH = 4
-# Default learning rates: DeepLab's with batch statistics; with frozen ones no normalization rescales the
-# updates, and only small rates are safe (as for the folded model).
+# Default learning rates: DeepLab's 0.007 with batch statistics; with frozen ones, DeepLabv3's rate for its
+# frozen-statistics fine-tune (0.001), which the frozen layers' row norm (batchnorm.FROZEN_ROW_NORM) makes safe.
 LR_BN_TRAIN = 0.007
-LR_BN_FROZEN = 1e-4
+LR_BN_FROZEN = 0.001
 # Options a resumed run may change.
 RESUME_OVERRIDES = ("epochs",)
 # Loss weights per class: none, or median frequency balancing (Eigen & Fergus 2015, SegNet's CamVid recipe):
@@ -33,7 +35,7 @@ RESUME_OVERRIDES = ("epochs",)
 CLASS_WEIGHT_MODES = ("none", "median-frequency")
 # Options added after runs were saved without them, with the value those runs used.
 LEGACY_DEFAULTS = {"class_weights": "none", "input_size": "513", "upscale": False, "teacher": "",
-                   "teacher_input_size": "", "distill_weight": 1.0, "recipe": ""}
+                   "teacher_input_size": "", "distill_weight": 1.0, "recipe": "", "merge_head": False}
 
 
 @dataclass
@@ -68,6 +70,9 @@ class TrainConfig:
     distill_weight: float = 1.0
     # The shipped recipe this run follows (training/recipes.py): a resume goes on with its later stages.
     recipe: str = ""
+    # When --classes merges the VOC init model's classes (background,person): keep its classifier whole and
+    # take each class's maximum over its rows, so the run starts at the init model's remapped predictions.
+    merge_head: bool = True
 
     def preprocess_for(self, base: Preprocess) -> Preprocess:
         """Returns the init model's preprocessing with this run's input size and upscale."""
@@ -78,7 +83,8 @@ class TrainConfig:
         return tuple(self.classes.split(","))
 
     def bn_frozen(self, world: int = 1) -> bool:
-        """Whether batch norm statistics stay fixed: `--bn frozen`, or auto with small per-process batches."""
+        """Whether batch norm stays fixed: `--bn frozen`, or (runs saved before auto was resolved at the start)
+        auto with small per-process batches."""
         return self.bn == "frozen" or (self.bn == "auto" and self.batch_size // world < BN_TRAIN_BATCH)
 
     def to_json(self) -> dict:
@@ -166,7 +172,7 @@ def resume_config(run_dir: Path, given: dict, out: Path | None) -> TrainConfig:
     except EdgesegError as exc:
         raise EdgesegError(f"{config_path}: {exc}") from None
     for key, value in given.items():
-        if key in RESUME_OVERRIDES:
+        if key in RESUME_OVERRIDES or (key == "bn" and value == "auto"):  # auto was resolved when the run began
             continue
         if _normalized(key, value, config.init) != _normalized(key, getattr(config, key), config.init):
             raise EdgesegError(f"{_option(key)} {value} differs from the run being resumed "
@@ -190,6 +196,9 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     config.classes = ",".join(names)
     config.label_map = resolve_label_map(config.label_map, names, data)
     _check_teacher(config, given)
+    if config.bn == "auto":
+        keeps = keeps_init_classes(config)
+        config.bn = "frozen" if keeps or config.batch_size // world < BN_TRAIN_BATCH else "train"
     if config.lr is None:
         config.lr = LR_BN_FROZEN if config.bn_frozen(world) else LR_BN_TRAIN
     check_config(config)
@@ -200,6 +209,14 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     default = Path("runs", f"{_init_label(config.init)}-{time.strftime('%Y%m%d-%H%M%S')}")
     config.out = str((Path(out) if out is not None else default).resolve())
     return config
+
+
+def keeps_init_classes(config: TrainConfig) -> bool:
+    """Whether the init model already predicts the run's classes: its own, or VOC's merged into them."""
+    from edgeseg.zoo.build import init_entry
+
+    init_names = init_entry(config.init).class_names
+    return init_names == config.class_names or (config.label_map == "voc" and init_names == VOC_CLASSES)
 
 
 def _check_teacher(config: TrainConfig, given: dict) -> None:
@@ -289,8 +306,9 @@ def check_config(config: TrainConfig) -> None:
     except EdgesegError as exc:
         raise EdgesegError(f"--input-size: {exc}") from None
     config.input_size = str(height) if height == width else f"{height}x{width}"  # one spelling in config.json
-    if not isinstance(config.upscale, bool):
-        raise EdgesegError(f"upscale must be true or false, got {config.upscale!r}")
+    for flag in ("upscale", "merge_head"):
+        if not isinstance(getattr(config, flag), bool):
+            raise EdgesegError(f"{flag} must be true or false, got {getattr(config, flag)!r}")
     if config.class_weights not in CLASS_WEIGHT_MODES:
         raise EdgesegError(f"--class-weights {config.class_weights}: expected one of {', '.join(CLASS_WEIGHT_MODES)}")
     if config.teacher_input_size:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeseg.data.datasets import RemappedDataset, label_lut, open_dataset
+from edgeseg.data.datasets import RemappedDataset, class_groups, label_lut, open_dataset
 from edgeseg.data.labelsets import source_classes
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError, warn
@@ -88,6 +88,7 @@ class Run:
     loss_weights: torch.Tensor | None = None
     teacher: SoftLabels | list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
     baseline: bool = False  # evaluate the init model first (a new run only)
+    class_groups: tuple[tuple[int, ...], ...] | None = None  # the init classifier's rows each class merges
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -172,9 +173,10 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
         _check_run_folder(out, resume)
     dist.barrier()
     entry = dataclasses.replace(base_entry, class_names=names, preprocess=config.preprocess_for(base_entry.preprocess))
+    groups = class_groups(lut, base_entry.class_names, names) if config.merge_head else None
     return Run(config, dist, out, entry, train_set, val_set, steps_per_epoch, show, zoo_base(start), start,
                _loss_weights(config, train_set, dist.is_main), _teacher(config, train_set, out, dist, show),
-               baseline=baseline)
+               baseline=baseline, class_groups=groups)
 
 
 def _check_run_folder(out: Path, resume: bool) -> None:
@@ -215,7 +217,7 @@ def _teacher(config: TrainConfig, train_set: RemappedDataset, out: Path, dist: D
 def build_model(run: Run, *, measure: bool) -> torch.nn.Module:
     """Returns the init model with batch norm inserted (statistics measured on training crops if `measure`)."""
     config = run.config
-    model = init_model(run.start, class_names=run.names)
+    model = init_model(run.start, class_names=run.names, class_groups=run.class_groups)
     batches = calibration_batches(TrainCrops(run.train_set, config.crop, config.seed, run.entry.preprocess),
                                   config.batch_size) if measure else []
     insert_batchnorm(model, batches, frozen=config.bn_frozen(run.dist.world))
@@ -379,9 +381,12 @@ def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: f
     drop = baseline - miou
     if drop < max(FORGETTING_POINTS, FORGETTING_SHARE * baseline):
         return None
+    cause = (f"--lr {config.lr:g} is too high for a trained model at batch {config.batch_size}; stop and try a rate "
+             "3-10x lower") if config.bn_frozen() else (
+             f"batch norm statistics from batches of {config.batch_size} (--bn train) drift from what whole frames "
+             "need; stop and try --bn frozen")
     message = (f"epoch {epoch}: val mIoU {miou:.2f} is {drop:.1f} points below the init model's {baseline:.2f}: the "
-               f"fine-tune is forgetting what {config.init} knew. Likely cause: --lr {config.lr:g} is too high for a "
-               f"trained model at batch {config.batch_size}; stop and try a rate 3-10x lower")
+               f"fine-tune is forgetting what {config.init} knew. Likely cause: {cause}")
     warn(message)
     return message
 

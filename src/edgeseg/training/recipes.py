@@ -21,7 +21,7 @@ RECIPE_SUFFIX = ".recipe.json"
 # change nothing in the result).
 FIXED_BY_RECIPE = ("train_split", "val_split", "init", "classes", "label_map", "epochs", "batch_size", "crop",
                    "lr", "bn", "class_weights", "input_size", "upscale", "teacher", "teacher_input_size",
-                   "distill_weight", "weight_decay", "momentum", "seed", "max_steps", "val_limit")
+                   "distill_weight", "weight_decay", "momentum", "seed", "max_steps", "val_limit", "merge_head")
 
 
 @dataclass(frozen=True)

@@ -170,15 +170,25 @@ def zoo_base(init: str | Path) -> str:
     return checkpoint_metadata(Path(init))["edgeseg_base"] if is_checkpoint(init) else str(init)
 
 
-def init_model(init: str | Path, class_names: tuple[str, ...] | None = None):
+def init_model(init: str | Path, class_names: tuple[str, ...] | None = None,
+               class_groups: tuple[tuple[int, ...], ...] | None = None):
     """Returns the torch model a fine-tune starts from: `create_model(init)` for a zoo name, or the weights
-    of a checkpoint, its classifier rows carried over by class name as `create_model` does."""
+    of a checkpoint, its classifier rows carried over by class name as `create_model` does. With
+    `class_groups` the classifier stays the init model's whole, and each class is the maximum of its group of
+    rows (models.deeplabv3.merge_classes)."""
+    if class_groups is not None:
+        model = init_model(init)
+        model.class_groups = tuple(tuple(int(row) for row in group) for group in class_groups)
+        return model
     if not is_checkpoint(init):
         return create_model(str(init), class_names=class_names)
     trained, entry = load_checkpoint(init)
     names = tuple(class_names or entry.class_names)
     if names == entry.class_names:
         return trained
+    if trained.class_groups is not None:
+        raise EdgesegError(f"{init}: its classes are merged from VOC's ({', '.join(entry.class_names)}); fine-tune "
+                           "it for those classes, or start other classes from the zoo model")
     model = build_model(entry, len(names))
     load_state_checked(model, _with_classifier_for(model, trained.state_dict(), entry.class_names, names), str(init))
     return model
@@ -213,6 +223,8 @@ def save_checkpoint(model, path: str | Path, entry: ModelEntry, base_name: str) 
     # How frames reach the model; checkpoints written before these keys run at the base entry's.
     metadata["input_size"] = "x".join(map(str, input_hw(entry.preprocess.input_size)))
     metadata["upscale"] = "1" if entry.preprocess.upscale else "0"
+    if getattr(model, "class_groups", None) is not None:
+        metadata["class_groups"] = json.dumps([list(group) for group in model.class_groups])
     save_verified(model.state_dict(), Path(path), metadata)
 
 
@@ -228,7 +240,8 @@ def write_shipped_weights(checkpoint: str | Path, name: str) -> Path:
     metadata = checkpoint_metadata(Path(checkpoint))
     tensors, _ = read_verified(Path(checkpoint))
     half = {key: value.half() if value.is_floating_point() else value for key, value in tensors.items()}
-    kept = {key: metadata[key] for key in ("edgeseg_base", "class_names", "input_size", "upscale") if key in metadata}
+    kept = {key: metadata[key] for key in ("edgeseg_base", "class_names", "input_size", "upscale", "class_groups")
+            if key in metadata}
     path = TRAINED_DIR / f"{name}.safetensors"
     save_verified(half, path, {**kept, "trained_from": metadata.get(DIGEST_KEY, ""), "dtype": str(torch.float16)})
     return path
@@ -271,9 +284,28 @@ def checkpoint_metadata(path: Path) -> dict[str, str]:
 def load_checkpoint(path: str | Path):
     """Returns (torch model, entry) for a fine-tuned checkpoint."""
     entry = checkpoint_entry(path)
-    model = build_model(entry)
+    groups = checkpoint_class_groups(Path(path), len(entry.class_names))
+    model = build_model(entry, None if groups is None else 1 + max(max(group) for group in groups))
     load_state_checked(model, read_verified(Path(path))[0], str(path))
+    model.class_groups = groups
     return model, entry
+
+
+def checkpoint_class_groups(path: Path, num_classes: int) -> tuple[tuple[int, ...], ...] | None:
+    """The classifier rows each class of a merged-head checkpoint takes the maximum of (None for others)."""
+    raw = checkpoint_metadata(path).get("class_groups")
+    if raw is None:
+        return None
+    try:
+        groups = tuple(tuple(row for row in group) for group in json.loads(raw))
+    except (ValueError, TypeError):
+        groups = ()
+    rows = [row for group in groups for row in group]
+    if (len(groups) != num_classes or not all(groups) or not all(type(row) is int for row in rows)
+            or sorted(rows) != list(range(len(rows)))):
+        raise EdgesegError(f"{path}: bad class_groups metadata (expected {num_classes} disjoint, non-empty groups "
+                           "of classifier rows 0..N-1)")
+    return groups
 
 
 def model_preprocess(model: str | None = None, weights: str | Path | None = None):
