@@ -119,6 +119,12 @@ def test_shipped_recipes_are_complete_runs_on_camvid(name, tmp_path):
     result = recipe.result
     assert result["epochs"] == recipe.stages[-1] and 0 < result["val_miou"] < 100
     assert get_entry(name).recipe.startswith(f"edgeseg train --recipe {name} ")
+    assert get_entry(name).recipe_name == name
+
+
+def test_every_recipe_name_in_the_zoo_is_shipped():
+    named = {get_entry(n).recipe_name for n in list_models()} - {None}
+    assert named and named <= set(recipes.known_recipes())
 
 
 TINY = {"classes": "background,person", "crop": 97, "batch_size": 2, "max_steps": 2, "val_limit": 1, "lr": 0.001,

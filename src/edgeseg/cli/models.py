@@ -27,20 +27,16 @@ def run(args: argparse.Namespace) -> None:
             where = f"present ({local})" if local else f"not downloaded ({entry.weights.url})"
         published = f"{entry.published.get('miou_fp32', '-')}/{entry.published.get('miou_int8', '-')}"
         print(f"{name:<36} {entry.num_classes:>7} {published:>25}  {where}")
-        print(f"{'':<36} recipe: {entry.recipe}{_recorded_run(entry.recipe)}")
+        print(f"{'':<36} recipe: {entry.recipe}{_recorded_run(entry.recipe_name)}")
 
 
-def _recorded_run(recipe: str) -> str:
-    """For a shipped recipe (`edgeseg train --recipe NAME ...`): what its recorded run gave and took."""
-    from edgeseg.training.recipes import known_recipes, load_recipe
+def _recorded_run(recipe_name: str | None) -> str:
+    """For an entry trained by a shipped recipe: what the recipe's recorded run gave and took."""
+    from edgeseg.training.recipes import load_recipe
 
-    words = recipe.split()
-    if "--recipe" not in words or words.index("--recipe") + 1 >= len(words):
+    if recipe_name is None:
         return ""
-    name = words[words.index("--recipe") + 1]
-    if name not in known_recipes():
-        return ""
-    result = load_recipe(name).result
+    result = load_recipe(recipe_name).result
     if "val_miou" not in result:
         return ""
     return (f" ({result['epochs']} epochs: val mIoU {result['val_miou']:.2f}, "

@@ -98,6 +98,7 @@ class ModelEntry:
     published_on: str = "PASCAL VOC 2012 val, 1,449 images"  # the data `published` was measured on
     # Where the weights and the recipe that produced them are described (torchvision's `recipe`).
     recipe: str = "https://github.com/tensorflow/models/blob/master/research/deeplab/g3doc/quantize.md"
+    recipe_name: str | None = None  # the shipped recipe (`edgeseg train --recipe NAME`) that produced the weights
     measured: dict[str, object] = field(default_factory=dict)
     license: str = "Apache-2.0"
     # Activation ranges of per-tensor exports: "mse" (least squares on calibration histograms) or "qat" (the
@@ -232,7 +233,7 @@ _EDGETPU_CAMVID = WeightsFile(filename="deeplab_edgetpu_slim_camvid.safetensors"
 
 def _trained_on_camvid(name: str, recipe: str, **fields) -> ModelEntry:
     return ModelEntry(name=name, class_names=CAMVID_CLASSES, dataset=_CAMVID_DATA,
-                      recipe=f"edgeseg train --recipe {recipe} --data CAMVID_DIR",
+                      recipe=f"edgeseg train --recipe {recipe} --data CAMVID_DIR", recipe_name=recipe,
                       published_on=f"{CAMVID_VAL}, edgeseg's run of its recipe (`edgeseg train --recipe {recipe}`)",
                       license="Apache-2.0 (weights trained by edgeseg from Apache-2.0 TF DeepLab checkpoints)",
                       **fields)
