@@ -71,7 +71,7 @@ def test_a_damaged_or_missing_shipped_file_is_one_line(tmp_path, monkeypatch, ca
     argv = ["predict", str(frame), "--model", name, "-o", str(tmp_path / "out")]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "damaged" in err and filename in err and len(err.splitlines()) == 1
+    assert "checksum mismatch" in err and "reinstall" in err and filename in err and len(err.splitlines()) == 1
     (tmp_path / filename).unlink()
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -37,11 +37,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path, weights: WeightsFile) -> Path:
+def _verified(path: Path, weights: WeightsFile, advice: str = "") -> Path:
     actual = sha256_of(path)
     if actual != weights.sha256:
         raise EdgesegError(
-            f"checksum mismatch for {path}: sha256 {actual[:16]}..., expected {weights.sha256[:16]}..."
+            f"checksum mismatch for {path}: sha256 {actual[:16]}..., expected {weights.sha256[:16]}...{advice}"
         )
     return path
 
@@ -81,11 +81,7 @@ def _bundled(weights: WeightsFile) -> Path:
     if not path.is_file():
         raise EdgesegError(f"{path}: missing; these weights ship with edgeseg (reinstall it, or `git checkout` the "
                            "file in a clone)")
-    actual = sha256_of(path)
-    if actual != weights.sha256:
-        raise EdgesegError(f"{path}: damaged (sha256 {actual[:16]}..., expected {weights.sha256[:16]}...); "
-                           "reinstall edgeseg, or `git checkout` the file in a clone")
-    return path
+    return _verified(path, weights, advice="; reinstall edgeseg, or `git checkout` the file in a clone")
 
 
 def _cached_copy(path: Path, weights: WeightsFile) -> Path:
