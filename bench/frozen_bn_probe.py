@@ -6,14 +6,17 @@ units whatever R is. Each setting below fine-tunes the VOC dm 0.5 model on VOC t
 (batch 4, crop 321, as `edgeseg train` does with --bn frozen) after re-parametrizing the frozen layers to row
 norm R (the same function), with or without the affine training, and scores the VOC val images.
 
-    EDGESEG_MIRROR=../shared/models .venv/bin/python bench/frozen_bn_probe.py   # 9 settings, about 5 minutes
+    EDGESEG_MIRROR=../shared/models .venv/bin/python bench/frozen_bn_probe.py --json docs/frozen_bn_probe.json
+    # 9 settings, 5-9 minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -76,12 +79,21 @@ def main() -> int:
                              "affine (those and batch norm's scale and shift)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="write the results here (e.g. docs/frozen_bn_probe.json)")
     args = parser.parse_args()
     print("| row norm R | lr | trained | val mIoU |\n| --- | --- | --- | --- |")
+    rows = []
     for setting in args.settings.split(","):
         row_norm, lr, trained = setting.split(":")
         miou = probe(float(row_norm), float(lr), trained, args.steps, args.batch)
         print(f"| {float(row_norm):g} | {float(lr):g} | {trained} | {miou:.2f} |", flush=True)
+        rows.append({"row_norm": float(row_norm), "lr": float(lr), "trained": trained, "val_miou": round(miou, 4)})
+    if args.json:
+        command = "EDGESEG_MIRROR=../shared/models .venv/bin/python " + " ".join(["bench/frozen_bn_probe.py",
+                                                                                *sys.argv[1:]])
+        record = {"command": command, "init": "deeplabv3_mnv2_dm05_voc", "steps": args.steps, "batch": args.batch,
+                  "crop": 321, "rows": rows}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -58,3 +58,13 @@ def test_npu_tables_show_their_json(model, marker, vela_col, miou_col):
         table = [cells for cells in table if cells[0] == ("dm 1.0" if "dm10" in model else "Cityscapes")]
     shown = [(cells[vela_col], cells[miou_col]) for cells in table]
     assert shown == [(f"{row['vela_npu_ms']:.1f}", f"{row['miou']:.2f}") for row in rows]
+
+
+def test_frozen_bn_probe_table_shows_its_json():
+    rows = json.loads((DOCS / "frozen_bn_probe.json").read_text())["rows"]
+    trained = {"conv": "convs", "affine": "convs, scale and shift"}
+    expected = [(f"{row['row_norm']:g}", f"{row['lr']:g}", trained[row["trained"]], f"{row['val_miou']:.2f}")
+                for row in rows]
+    table = table_after((DOCS / "training.md").read_text(), "| row norm R |")
+    shown = [(cells[0].split()[0], cells[1], cells[2], cells[3]) for cells in table]  # "1.414 (the old norm)"
+    assert shown == expected

@@ -22,7 +22,7 @@ from edgeseg.training import fold_batchnorm, insert_batchnorm, main
 from edgeseg.training.batchnorm import FROZEN_ROW_NORM, ConvBNAct
 from edgeseg.training.config import BN_TRAIN_BATCH, LR_BN_FROZEN, LR_BN_TRAIN, new_config
 from edgeseg.training.validation import remapped_pretrained_runtime
-from edgeseg.zoo.build import init_model, load_checkpoint, save_checkpoint
+from edgeseg.zoo.build import init_model, load_checkpoint, save_checkpoint, write_shipped_weights
 from edgeseg.zoo.registry import get_entry
 
 VOC_MODEL = "deeplabv3_mnv2_dm05_voc"
@@ -46,6 +46,7 @@ def test_auto_freezes_batch_norm_when_the_init_model_already_predicts_the_classe
     assert (new_classes.bn, new_classes.lr) == ("train", LR_BN_TRAIN)
     assert config(batch_size=BN_TRAIN_BATCH - 1, classes="3", label_map="none").bn == "frozen"
     assert config(batch_size=8, bn="train").bn == "train"  # asked for
+    assert config(batch_size=8, classes="21").bn == "train"  # a count names no classes: the labels are unknown
     assert LR_BN_FROZEN == 0.001
 
 
@@ -128,9 +129,36 @@ def test_bad_class_groups_metadata_is_one_line(tmp_path):
             load_checkpoint(broken)
 
 
-def test_a_merged_checkpoint_cannot_start_other_classes(tmp_path):
+def test_a_merged_checkpoint_fine_tunes_only_as_itself(voc_root, tmp_path, capsys):
     base = get_entry(VOC_MODEL)
     path = tmp_path / "merged.safetensors"
     save_checkpoint(init_model(VOC_MODEL, NAMES, GROUPS), path, replace(base, class_names=NAMES), base.name)
     with pytest.raises(EdgesegError, match="merged from VOC"):
         init_model(path, ("background", "person", "car"))
+    # Refused before any data is read or a run folder is made.
+    for extra, message in ((["--classes", "background,person,car"], "merged from VOC"),
+                           (["--no-merge-head"], "--no-merge-head")):
+        assert main(["--init", str(path), "--data", str(voc_root), "-o", str(tmp_path / "run"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(EdgesegError, match="cannot ship"):
+        write_shipped_weights(path, "merged_person")
+
+
+def test_a_run_frozen_under_the_old_scheme_does_not_resume_under_the_new_one(voc_root, tmp_path, capsys):
+    """Format-2 runs trained the frozen layers' scale and shift: continuing them frozen whole would not continue
+    them. Runs with batch statistics resume as before."""
+    for bn in ("frozen", "train"):
+        out = tmp_path / bn
+        args = ["--data", str(voc_root), "--classes", "background,person", "--batch-size", "4", "--crop", "65",
+                "--max-steps", "1", "--val-limit", "1", "--epochs", "1", "--bn", bn, "--no-baseline", "-o", str(out)]
+        assert main(["--no-progress", *args]) == 0
+        state = torch.load(out / "state.pt", weights_only=True)
+        torch.save({**state, "format": 2}, out / "state.pt")
+        code = main(["--no-progress", "--resume", str(out), "--epochs", "2"])
+        err = capsys.readouterr().err.strip()
+        if bn == "frozen":
+            assert code == 2 and "earlier edgeseg" in err and len(err.splitlines()) == 1, err
+        else:
+            assert code == 0, err

@@ -673,8 +673,11 @@ def test_an_epoch_far_below_the_baseline_is_warned_about_with_its_likely_cause()
     expected = r"epoch 1: val mIoU 11\.25 is 53\.7 points below .*--lr 0\.007 is too high"
     with pytest.warns(EdgesegWarning, match=expected):
         assert forgetting_warning(config, log, 1, 11.25)
-    with pytest.warns(EdgesegWarning, match=r"statistics from batches of 4 \(--bn train\).*try --bn frozen"):
+    with pytest.warns(EdgesegWarning, match=r"statistics from 4 images per process \(--bn train\).*try --bn frozen"):
         assert forgetting_warning(TrainConfig(data="voc", lr=0.007, batch_size=4, bn="train"), log, 1, 11.25)
+    # A run saved before auto was resolved: 6 images over 2 processes froze the statistics.
+    with pytest.warns(EdgesegWarning, match=r"--lr 0\.007 is too high"):
+        assert forgetting_warning(TrainConfig(data="voc", lr=0.007, batch_size=6, bn="auto"), log, 1, 11.25, 2)
     assert forgetting_warning(config, log, 1, 60.0) is None  # 5 points: within what a first epoch may cost
     assert forgetting_warning(config, log, 3, 11.25) is None  # later epochs: the curve speaks for itself
     assert forgetting_warning(config, [], 1, 11.25) is None  # no baseline, nothing to compare with

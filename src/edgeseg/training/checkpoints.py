@@ -19,7 +19,11 @@ import torch
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
 
-STATE_FORMAT = 2  # 2: batch norm in the model and a PolynomialLR scheduler state
+STATE_FORMAT = 3  # 2: batch norm in the model and a PolynomialLR scheduler state
+# 3: frozen batch norm keeps its scale and shift fixed too (rows at norm 40); format 2 runs resume with batch
+# statistics only.
+FROZEN_AFFINE_FORMAT = 3
+READABLE_FORMATS = (2, 3)
 LOCK_NAME = ".edgeseg-run.lock"
 
 
@@ -89,8 +93,9 @@ def load_state(path: Path, device: torch.device) -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
         raise EdgesegError(f"{path}: cannot load ({exc})") from None
-    if state.get("format") != STATE_FORMAT:
-        raise EdgesegError(f"{path}: state format {state.get('format')}, this edgeseg reads {STATE_FORMAT}")
+    if state.get("format") not in READABLE_FORMATS:
+        raise EdgesegError(f"{path}: state format {state.get('format')}, this edgeseg reads "
+                           f"{', '.join(map(str, READABLE_FORMATS))}")
     return state
 
 

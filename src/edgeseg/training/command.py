@@ -58,7 +58,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch norm while training: train (batch statistics), frozen (the statistics "
                         "measured at the start, and scale and shift, stay fixed), "
                         "auto (default): frozen when the init model already predicts the run's classes (its "
-                        f"own, or VOC's merged), else train from {BN_TRAIN_BATCH} images per process up")
+                        f"own named, or VOC's merged; a class count names none), else train from {BN_TRAIN_BATCH} "
+                        "images per process up")
     p.add_argument("--class-weights", choices=CLASS_WEIGHT_MODES,
                    help="loss weight per class: none (default), or median-frequency (rare classes weigh "
                         "more; weights from the training masks, printed at the start)")

@@ -196,8 +196,9 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     config.classes = ",".join(names)
     config.label_map = resolve_label_map(config.label_map, names, data)
     _check_teacher(config, given)
-    if config.bn == "auto":
-        keeps = keeps_init_classes(config)
+    _check_merged_init(config, given)
+    if config.bn == "auto":  # a class count names no classes: the labels may mean anything
+        keeps = keeps_init_classes(config) and not str(given.get("classes") or "").strip().isdigit()
         config.bn = "frozen" if keeps or config.batch_size // world < BN_TRAIN_BATCH else "train"
     if config.lr is None:
         config.lr = LR_BN_FROZEN if config.bn_frozen(world) else LR_BN_TRAIN
@@ -217,6 +218,23 @@ def keeps_init_classes(config: TrainConfig) -> bool:
 
     init_names = init_entry(config.init).class_names
     return init_names == config.class_names or (config.label_map == "voc" and init_names == VOC_CLASSES)
+
+
+def _check_merged_init(config: TrainConfig, given: dict) -> None:
+    """A merged-head checkpoint (its head keeps VOC's rows) fine-tunes only for its own classes, merged."""
+    from edgeseg.zoo.build import checkpoint_class_groups, init_entry, is_checkpoint
+
+    if not is_checkpoint(config.init):
+        return
+    entry = init_entry(config.init)
+    if checkpoint_class_groups(Path(config.init), entry.num_classes) is None:
+        return
+    if config.class_names != entry.class_names:
+        raise EdgesegError(f"{config.init}: its classes are merged from VOC's ({', '.join(entry.class_names)}); "
+                           "fine-tune it for those classes, or start other classes from the zoo model")
+    if given.get("merge_head") is False:
+        raise EdgesegError(f"--no-merge-head: {config.init} keeps VOC's classifier rows and merges them; it "
+                           "fine-tunes only with its merged head")
 
 
 def _check_teacher(config: TrainConfig, given: dict) -> None:

@@ -30,6 +30,7 @@ from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import ensure_writable_dir
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
+    FROZEN_AFFINE_FORMAT,
     load_state,
     read_log,
     rng_state,
@@ -240,6 +241,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig,
 def _resume(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
             scheduler: torch.optim.lr_scheduler.PolynomialLR) -> Progress:
     state = load_state(run.out / "state.pt", torch.device(run.dist.device))
+    if state["format"] < FROZEN_AFFINE_FORMAT and run.config.bn_frozen(run.dist.world):
+        raise EdgesegError(f"{run.out}: this run froze batch norm under an earlier edgeseg, whose frozen layers still "
+                           "trained their scale and shift; it cannot continue as it began (resume it with that "
+                           "edgeseg, or start a new run)")
     if state["steps_per_epoch"] != run.steps_per_epoch:
         raise EdgesegError(f"{run.out}: the data now gives {run.steps_per_epoch} steps per epoch, "
                            f"the run had {state['steps_per_epoch']}")
@@ -372,7 +377,8 @@ def _baseline(run: Run, model: torch.nn.Module) -> dict:
 FORGETTING_POINTS, FORGETTING_SHARE = 8.0, 0.12
 
 
-def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: float | None) -> str | None:
+def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: float | None,
+                       world: int = 1) -> str | None:
     """Warns (and returns the message) when the first epochs' val mIoU falls far below the baseline in `log`:
     the run is losing what the init model knew, most often from a learning rate made for training from scratch."""
     baseline = next((row["baseline_miou"] for row in log if "baseline_miou" in row), None)
@@ -381,10 +387,13 @@ def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: f
     drop = baseline - miou
     if drop < max(FORGETTING_POINTS, FORGETTING_SHARE * baseline):
         return None
-    cause = (f"--lr {config.lr:g} is too high for a trained model at batch {config.batch_size}; stop and try a rate "
-             "3-10x lower") if config.bn_frozen() else (
-             f"batch norm statistics from batches of {config.batch_size} (--bn train) drift from what whole frames "
-             "need; stop and try --bn frozen")
+    per_process = config.batch_size // world
+    if config.bn_frozen(world):
+        cause = (f"--lr {config.lr:g} is too high for a trained model at batch {config.batch_size}; stop and try a "
+                 "rate 3-10x lower")
+    else:
+        cause = (f"batch norm statistics from {per_process} images per process (--bn train) drift from what whole "
+                 "frames need; stop and try --bn frozen")
     message = (f"epoch {epoch}: val mIoU {miou:.2f} is {drop:.1f} points below the init model's {baseline:.2f}: the "
                f"fine-tune is forgetting what {config.init} knew. Likely cause: {cause}")
     warn(message)
@@ -428,7 +437,7 @@ def _end_epoch(run: Run, model: torch.nn.Module, optimizer: torch.optim.SGD,
         progress.best_miou, progress.best_epoch = miou, epoch
     progress.epoch = epoch
     if run.dist.is_main:
-        forgetting_warning(run.config, progress.log, epoch, miou)
+        forgetting_warning(run.config, progress.log, epoch, miou, run.dist.world)
     progress.log.append({"epoch": epoch, "step": progress.step, "train_loss": round(train_loss, 6),
                          "val_miou": miou, "val_iou": dict(zip(run.names, ious)),
                          "best": progress.best_epoch == epoch, "seconds": round(seconds, 2)})

@@ -238,10 +238,12 @@ def write_shipped_weights(checkpoint: str | Path, name: str) -> Path:
     from edgeseg.zoo.registry import TRAINED_DIR
 
     metadata = checkpoint_metadata(Path(checkpoint))
+    if "class_groups" in metadata:  # zoo entries build one classifier row per class
+        raise EdgesegError(f"{checkpoint}: a merged-head checkpoint cannot ship as a zoo entry yet (its head keeps "
+                           "VOC's rows); ship a checkpoint trained with --no-merge-head")
     tensors, _ = read_verified(Path(checkpoint))
     half = {key: value.half() if value.is_floating_point() else value for key, value in tensors.items()}
-    kept = {key: metadata[key] for key in ("edgeseg_base", "class_names", "input_size", "upscale", "class_groups")
-            if key in metadata}
+    kept = {key: metadata[key] for key in ("edgeseg_base", "class_names", "input_size", "upscale") if key in metadata}
     path = TRAINED_DIR / f"{name}.safetensors"
     save_verified(half, path, {**kept, "trained_from": metadata.get(DIGEST_KEY, ""), "dtype": str(torch.float16)})
     return path
