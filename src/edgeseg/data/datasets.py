@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -16,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import load_image
+
+if TYPE_CHECKING:
+    from edgeseg.models.deeplabv3 import ClassGroups
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -232,8 +236,14 @@ def label_lut(label_map: str, names: tuple[str, ...]) -> np.ndarray | None:
     return lut
 
 
+def predicts_classes(model_classes: tuple[str, ...], names: tuple[str, ...], label_map: str) -> bool:
+    """Whether a model with `model_classes` already predicts `names` on data labelled as `label_map` says: the
+    same classes, or VOC's merged into them by the voc label map."""
+    return model_classes == names or (label_map == "voc" and model_classes == VOC_CLASSES)
+
+
 def class_groups(lut: np.ndarray | None, source_names: tuple[str, ...],
-                 names: tuple[str, ...]) -> tuple[tuple[int, ...], ...] | None:
+                 names: tuple[str, ...]) -> ClassGroups | None:
     """Each of `names`' classes as the group of `source_names`' classes whose labels `lut` sends to it, when a VOC
     model's classes are merged into `names` (None otherwise, or when a class of `names` has no VOC class)."""
     if lut is None or source_names != VOC_CLASSES or names == VOC_CLASSES:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.checks import parse_size
-from edgeseg.data.datasets import resolve_label_map
-from edgeseg.data.voc import MAX_CLASSES, VOC_CLASSES
+from edgeseg.data.datasets import predicts_classes, resolve_label_map
+from edgeseg.data.voc import MAX_CLASSES
 from edgeseg.errors import EdgesegError
 from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import Preprocess
@@ -216,8 +216,7 @@ def keeps_init_classes(config: TrainConfig) -> bool:
     """Whether the init model already predicts the run's classes: its own, or VOC's merged into them."""
     from edgeseg.zoo.build import init_entry
 
-    init_names = init_entry(config.init).class_names
-    return init_names == config.class_names or (config.label_map == "voc" and init_names == VOC_CLASSES)
+    return predicts_classes(init_entry(config.init).class_names, config.class_names, config.label_map)
 
 
 def _check_merged_init(config: TrainConfig, given: dict) -> None:

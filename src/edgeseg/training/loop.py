@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeseg.data.datasets import RemappedDataset, class_groups, label_lut, open_dataset
+from edgeseg.data.datasets import RemappedDataset, class_groups, label_lut, open_dataset, predicts_classes
 from edgeseg.data.labelsets import source_classes
 from edgeseg.data.voc import IGNORE_INDEX, VOC_CLASSES
 from edgeseg.errors import EdgesegError, warn
 from edgeseg.io.files import ensure_writable_dir
+from edgeseg.models.deeplabv3 import ClassGroups
 from edgeseg.training.batchnorm import fold_batchnorm, insert_batchnorm
 from edgeseg.training.checkpoints import (
     FROZEN_AFFINE_FORMAT,
@@ -89,7 +90,7 @@ class Run:
     loss_weights: torch.Tensor | None = None
     teacher: SoftLabels | list[torch.Tensor] | None = None  # soft labels per training sample (--teacher)
     baseline: bool = False  # evaluate the init model first (a new run only)
-    class_groups: tuple[tuple[int, ...], ...] | None = None  # the init classifier's rows each class merges
+    class_groups: ClassGroups | None = None  # the init classifier's rows each class merges
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -162,7 +163,7 @@ def _prepare(config: TrainConfig, *, resume: bool, dist: Dist, progress: bool, b
     if config.max_steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps)
     if baseline is None:
-        baseline = names == base_entry.class_names or (lut is not None and base_entry.class_names == VOC_CLASSES)
+        baseline = predicts_classes(base_entry.class_names, names, config.label_map)
     if baseline and lut is None and set(source_classes(base_entry.class_names, names)) != set(names):
         raise EdgesegError("--baseline needs --classes that the init model's classes map onto")
     if baseline and lut is not None and base_entry.class_names not in (VOC_CLASSES, names):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseg.checks import parse_size
 from edgeseg.errors import EdgesegError, warn
@@ -18,6 +18,9 @@ from edgeseg.io.files import atomic_path
 from edgeseg.pipeline import input_hw
 from edgeseg.zoo.registry import DEFAULT_MODEL, ModelEntry, get_entry, get_family
 from edgeseg.zoo.weights import cache_dir, resolve_weights
+
+if TYPE_CHECKING:
+    from edgeseg.models.deeplabv3 import ClassGroups
 
 
 def official_tflite(name: str) -> Path:
@@ -171,7 +174,7 @@ def zoo_base(init: str | Path) -> str:
 
 
 def init_model(init: str | Path, class_names: tuple[str, ...] | None = None,
-               class_groups: tuple[tuple[int, ...], ...] | None = None):
+               class_groups: ClassGroups | None = None):
     """Returns the torch model a fine-tune starts from: `create_model(init)` for a zoo name, or the weights
     of a checkpoint, its classifier rows carried over by class name as `create_model` does. With
     `class_groups` the classifier stays the init model's whole, and each class is the maximum of its group of
@@ -293,7 +296,7 @@ def load_checkpoint(path: str | Path):
     return model, entry
 
 
-def checkpoint_class_groups(path: Path, num_classes: int) -> tuple[tuple[int, ...], ...] | None:
+def checkpoint_class_groups(path: Path, num_classes: int) -> ClassGroups | None:
     """The classifier rows each class of a merged-head checkpoint takes the maximum of (None for others)."""
     raw = checkpoint_metadata(path).get("class_groups")
     if raw is None:
