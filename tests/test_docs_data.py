@@ -68,3 +68,13 @@ def test_frozen_bn_probe_table_shows_its_json():
     table = table_after((DOCS / "training.md").read_text(), "| row norm R |")
     shown = [(cells[0].split()[0], cells[1], cells[2], cells[3]) for cells in table]  # "1.414 (the old norm)"
     assert shown == expected
+
+
+def test_new_classes_table_shows_its_json():
+    rows = json.loads((DOCS / "new_classes_batches.json").read_text())["rows"]
+    columns = [("frozen", 0.001), ("frozen", 0.007), ("train", 0.007)]
+    expected = {(row["batch"], (row["bn"], row["lr"])): f"{row['val_miou_per_epoch'][-1]:.2f}" for row in rows}
+    shown = {}
+    for cells in table_after((DOCS / "training.md").read_text(), "| batch | `--bn frozen`, lr 0.001 |"):
+        shown.update({(int(cells[0]), column): value for column, value in zip(columns, cells[1:], strict=True)})
+    assert shown == expected

@@ -20,7 +20,7 @@ from edgeseg.runtimes.litert import LiteRTRuntime
 from edgeseg.runtimes.torch import TorchRuntime
 from edgeseg.training import fold_batchnorm, insert_batchnorm, main
 from edgeseg.training.batchnorm import FROZEN_ROW_NORM, ConvBNAct
-from edgeseg.training.config import BN_TRAIN_BATCH, LR_BN_FROZEN, LR_BN_TRAIN, new_config
+from edgeseg.training.config import BN_TRAIN_BATCH, LR_FINE_TUNE, LR_NEW_CLASSES, new_config
 from edgeseg.training.validation import remapped_pretrained_runtime
 from edgeseg.zoo.build import init_model, load_checkpoint, save_checkpoint, write_shipped_weights
 from edgeseg.zoo.registry import get_entry
@@ -38,16 +38,18 @@ def _predictions(runtime, dataset, names) -> list[np.ndarray]:
 
 def test_auto_freezes_batch_norm_when_the_init_model_already_predicts_the_classes(voc_root, tmp_path):
     def config(**given):
-        return new_config({"data": voc_root, **given}, tmp_path / "run")
+        c = new_config({"data": voc_root, **given}, tmp_path / "run")
+        return c.bn, c.lr
 
-    assert (config(batch_size=8).bn, config(batch_size=8).lr) == ("frozen", LR_BN_FROZEN)  # VOC on VOC
-    assert config(batch_size=32, classes="background,person").bn == "frozen"  # VOC merged
-    new_classes = config(batch_size=BN_TRAIN_BATCH, classes="3", label_map="none")
-    assert (new_classes.bn, new_classes.lr) == ("train", LR_BN_TRAIN)
-    assert config(batch_size=BN_TRAIN_BATCH - 1, classes="3", label_map="none").bn == "frozen"
-    assert config(batch_size=8, bn="train").bn == "train"  # asked for
-    assert config(batch_size=8, classes="21").bn == "train"  # a count names no classes: the labels are unknown
-    assert LR_BN_FROZEN == 0.001
+    # The rate follows what the run does (a fine-tune, or new classes), whatever the batch norm.
+    assert config(batch_size=8) == ("frozen", LR_FINE_TUNE)  # VOC on VOC
+    assert config(batch_size=32, classes="background,person") == ("frozen", LR_FINE_TUNE)  # VOC merged
+    assert config(batch_size=8, bn="train") == ("train", LR_FINE_TUNE)  # asked for
+    assert config(batch_size=BN_TRAIN_BATCH, classes="3", label_map="none") == ("train", LR_NEW_CLASSES)
+    assert config(batch_size=BN_TRAIN_BATCH - 1, classes="3", label_map="none") == ("frozen", LR_NEW_CLASSES)
+    assert config(batch_size=8, classes="21") == ("train", LR_NEW_CLASSES)  # a count names no classes
+    assert config(batch_size=2, lr=0.01) == ("frozen", 0.01)
+    assert (LR_FINE_TUNE, LR_NEW_CLASSES) == (0.001, 0.007)
 
 
 def test_frozen_batch_norm_is_the_same_function_with_a_fixed_affine_and_long_rows(voc_root):

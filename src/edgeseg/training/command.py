@@ -14,8 +14,8 @@ from edgeseg.training.config import (
     BN_TRAIN_BATCH,
     CLASS_WEIGHT_MODES,
     DEFAULT_INIT,
-    LR_BN_FROZEN,
-    LR_BN_TRAIN,
+    LR_FINE_TUNE,
+    LR_NEW_CLASSES,
     new_config,
     option_names,
     resume_config,
@@ -52,8 +52,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default 10)")
     p.add_argument("--batch-size", type=int, help="global batch, split across DDP processes (default 8)")
     p.add_argument("--crop", type=int, help="random crop size (default 513)")
-    p.add_argument("--lr", type=float, help=f"base learning rate, poly decay (default {LR_BN_TRAIN} with batch "
-                                            f"norm statistics training, {LR_BN_FROZEN} with them frozen)")
+    p.add_argument("--lr", type=float, help=f"base learning rate, poly decay (default {LR_FINE_TUNE} when the init "
+                                            "model already predicts the run's classes, a fine-tune; "
+                                            f"{LR_NEW_CLASSES} for new classes)")
     p.add_argument("--bn", choices=BN_MODES,
                    help="batch norm while training: train (batch statistics), frozen (the statistics "
                         "measured at the start, and scale and shift, stay fixed), "

@@ -22,12 +22,15 @@ BN_MODES = ("auto", "frozen", "train")
 # predicts its classes (its own, or VOC's merged) keeps batch norm frozen, as a 40-step VOC fine-tune of the VOC
 # model lost 11 points with batch statistics from 4 crops even at lr 1e-4, and 29 from 8 crops at lr 0.007;
 # a run learning new classes trains the statistics from BN_TRAIN_BATCH images per process up, as the domain
-# moves (3 CamVid epochs from the VOC model at batch 8: 36.87 with them, 18.74 frozen). docs/training.md.
+# moves (3 CamVid epochs from the VOC model at lr 0.007: 43.66 with them, 41.71 frozen at batch 4; 40.92 and
+# 41.89 at batch 2; bench/new_classes_batches.py). docs/training.md.
 BN_TRAIN_BATCH = 4
-# Default learning rates: DeepLab's 0.007 with batch statistics; with frozen ones, DeepLabv3's rate for its
-# frozen-statistics fine-tune (0.001), which the frozen layers' row norm (batchnorm.FROZEN_ROW_NORM) makes safe.
-LR_BN_TRAIN = 0.007
-LR_BN_FROZEN = 0.001
+# Default learning rates, by what the run does, whatever the batch norm: a run on the classes the init model
+# already predicts is a fine-tune, at DeepLabv3's frozen-statistics rate 0.001 (which the frozen layers' row norm,
+# batchnorm.FROZEN_ROW_NORM, makes safe); a run learning new classes trains at DeepLab's 0.007 (3 CamVid epochs
+# from the VOC model at batch 2 with frozen statistics: 41.89 at 0.007, 34.92 at 0.001). docs/training.md.
+LR_FINE_TUNE = 0.001
+LR_NEW_CLASSES = 0.007
 # Options a resumed run may change.
 RESUME_OVERRIDES = ("epochs",)
 # Loss weights per class: none, or median frequency balancing (Eigen & Fergus 2015, SegNet's CamVid recipe):
@@ -52,7 +55,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 8
     crop: int = 513
-    lr: float | None = None  # None: LR_BN_TRAIN or LR_BN_FROZEN, by the batch norm mode
+    lr: float | None = None  # None: LR_FINE_TUNE or LR_NEW_CLASSES, by whether the init model knows the classes
     weight_decay: float = 4e-5
     momentum: float = 0.9
     seed: int = 0
@@ -197,11 +200,12 @@ def new_config(given: dict, out: Path | None, world: int = 1) -> TrainConfig:
     config.label_map = resolve_label_map(config.label_map, names, data)
     _check_teacher(config, given)
     _check_merged_init(config, given)
-    if config.bn == "auto":  # a class count names no classes: the labels may mean anything
-        keeps = keeps_init_classes(config) and not str(given.get("classes") or "").strip().isdigit()
+    # A class count names no classes: its labels may mean anything.
+    keeps = keeps_init_classes(config) and not str(given.get("classes") or "").strip().isdigit()
+    if config.bn == "auto":
         config.bn = "frozen" if keeps or config.batch_size // world < BN_TRAIN_BATCH else "train"
     if config.lr is None:
-        config.lr = LR_BN_FROZEN if config.bn_frozen(world) else LR_BN_TRAIN
+        config.lr = LR_FINE_TUNE if keeps else LR_NEW_CLASSES
     check_config(config)
     if not (data / "ImageSets").is_dir() and not (data / config.train_split / "images").is_dir():
         # One images/ + masks/ pair would train and validate on the same images.
