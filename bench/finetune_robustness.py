@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import print_grid, write_record
+
 from edgeseg.training import run_training
 from edgeseg.training.checkpoints import read_log
 from edgeseg.training.config import BN_TRAIN_BATCH, new_config
@@ -71,21 +73,15 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    print(f"| lr \\ batch | {' | '.join(str(b) for b in batches)} |")
-    print(f"| --- | {' | '.join('---' for _ in batches)} |")
-    for lr in lrs:
-        cells = [f"{row['val_miou']:.2f}" for row in rows if row["lr_given"] == lr]
-        print(f"| {'default' if lr is None else f'{lr:g}'} | {' | '.join(cells)} |")
+    print_grid("lr \\ batch", [str(b) for b in batches],
+               [("default" if lr is None else f"{lr:g}",
+                 [f"{row['val_miou']:.2f}" for row in rows if row["lr_given"] == lr]) for lr in lrs])
     print(f"baseline (no fine-tune): {baseline:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": "EDGESEG_MIRROR=../shared/models .venv/bin/python bench/finetune_robustness.py "
-                       f"--lrs {args.lrs} --batches {args.batches} --steps {args.steps} --crop {args.crop} "
-                       f"--bn {args.bn}",
-            "init": INIT, "data": "../shared/voc (330 train, 166 val images)", "steps": args.steps,
-            "crop": args.crop, "bn": args.bn, "bn_train_batch": BN_TRAIN_BATCH, "baseline_val_miou": baseline,
-            "rows": rows,
-        }, indent=1) + "\n")
+        options = {"lrs": args.lrs, "batches": args.batches, "steps": args.steps, "crop": args.crop, "bn": args.bn}
+        write_record(args.json, "finetune_robustness.py", options, init=INIT,
+                     data="../shared/voc (330 train, 166 val images)", steps=args.steps, crop=args.crop, bn=args.bn,
+                     bn_train_batch=BN_TRAIN_BATCH, baseline_val_miou=baseline, rows=rows)
     return 0
 
 

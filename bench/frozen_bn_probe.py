@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _results import write_record
 
 from edgeseg.training.batchnorm import ConvBNAct
 from edgeseg.training.config import new_config
@@ -89,11 +88,9 @@ def main() -> int:
         print(f"| {float(row_norm):g} | {float(lr):g} | {trained} | {miou:.2f} |", flush=True)
         rows.append({"row_norm": float(row_norm), "lr": float(lr), "trained": trained, "val_miou": round(miou, 4)})
     if args.json:
-        command = "EDGESEG_MIRROR=../shared/models .venv/bin/python " + " ".join(["bench/frozen_bn_probe.py",
-                                                                                *sys.argv[1:]])
-        record = {"command": command, "init": "deeplabv3_mnv2_dm05_voc", "steps": args.steps, "batch": args.batch,
-                  "crop": 321, "rows": rows}
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        options = {"settings": args.settings, "steps": args.steps, "batch": args.batch}
+        write_record(args.json, "frozen_bn_probe.py", options, init="deeplabv3_mnv2_dm05_voc", steps=args.steps,
+                     batch=args.batch, crop=321, rows=rows)
     return 0
 
 

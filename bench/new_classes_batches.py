@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import print_grid, write_record
+
 from edgeseg.data.labelsets import CAMVID_CLASSES
 from edgeseg.training import run_training
 from edgeseg.training.checkpoints import read_log
@@ -65,19 +67,14 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    print(f"| batch | {' | '.join(f'--bn {bn}, lr {lr:g}' for bn, lr in settings)} |")
-    print(f"| --- | {' | '.join('---' for _ in settings)} |")
-    for batch in batches:
-        cells = [f"{row['val_miou_per_epoch'][-1]:.2f}" for row in rows if row["batch"] == batch]
-        print(f"| {batch} | {' | '.join(cells)} |")
+    print_grid("batch", [f"--bn {bn}, lr {lr:g}" for bn, lr in settings],
+               [(str(batch), [f"{row['val_miou_per_epoch'][-1]:.2f}" for row in rows if row["batch"] == batch])
+                for batch in batches])
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": "EDGESEG_MIRROR=../shared/models .venv/bin/python bench/new_classes_batches.py "
-                       f"--settings {args.settings} --batches {args.batches} --epochs {args.epochs} "
-                       f"--crop {args.crop}",
-            "init": INIT, "data": "../shared/camvid (367 train, 101 val frames)", "epochs": args.epochs,
-            "crop": args.crop, "rows": rows,
-        }, indent=1) + "\n")
+        options = {"settings": args.settings, "batches": args.batches, "epochs": args.epochs, "crop": args.crop}
+        write_record(args.json, "new_classes_batches.py", options, init=INIT,
+                     data="../shared/camvid (367 train, 101 val frames)", epochs=args.epochs, crop=args.crop,
+                     rows=rows)
     return 0
 
 
