@@ -19,11 +19,10 @@ import torch
 from edgeseg.errors import EdgesegError
 from edgeseg.io.files import atomic_path
 
-STATE_FORMAT = 3  # 2: batch norm in the model and a PolynomialLR scheduler state
-# 3: frozen batch norm keeps its scale and shift fixed too (rows at norm 40); format 2 runs resume with batch
-# statistics only.
-FROZEN_AFFINE_FORMAT = 3
-READABLE_FORMATS = (2, 3)
+# state.pt formats: 2 put batch norm in the model, with a PolynomialLR scheduler state; 3 keeps frozen batch norm's
+# scale and shift fixed too (rows at norm 40), so a format-2 run resumes here only with batch statistics.
+STATE_FORMAT = FROZEN_AFFINE_FORMAT = 3
+READABLE_FORMATS = (2, STATE_FORMAT)
 LOCK_NAME = ".edgeseg-run.lock"
 
 

@@ -388,13 +388,12 @@ def forgetting_warning(config: TrainConfig, log: list[dict], epoch: int, miou: f
     drop = baseline - miou
     if drop < max(FORGETTING_POINTS, FORGETTING_SHARE * baseline):
         return None
-    per_process = config.batch_size // world
     if config.bn_frozen(world):
         cause = (f"--lr {config.lr:g} is too high for a trained model at batch {config.batch_size}; stop and try a "
                  "rate 3-10x lower")
     else:
-        cause = (f"batch norm statistics from {per_process} images per process (--bn train) drift from what whole "
-                 "frames need; stop and try --bn frozen")
+        cause = (f"batch norm statistics from {config.batch_size // world} images per process (--bn train) drift "
+                 "from what whole frames need; stop and try --bn frozen")
     message = (f"epoch {epoch}: val mIoU {miou:.2f} is {drop:.1f} points below the init model's {baseline:.2f}: the "
                f"fine-tune is forgetting what {config.init} knew. Likely cause: {cause}")
     warn(message)
