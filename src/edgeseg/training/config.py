@@ -225,7 +225,7 @@ def keeps_init_classes(config: TrainConfig) -> bool:
 
 def _check_merged_init(config: TrainConfig, given: dict) -> None:
     """A merged-head checkpoint (its head keeps VOC's rows) fine-tunes only for its own classes, merged."""
-    from edgeseg.zoo.build import checkpoint_class_groups, init_entry, is_checkpoint
+    from edgeseg.zoo.build import checkpoint_class_groups, init_entry, is_checkpoint, merged_checkpoint_error
 
     if not is_checkpoint(config.init):
         return
@@ -233,8 +233,7 @@ def _check_merged_init(config: TrainConfig, given: dict) -> None:
     if checkpoint_class_groups(Path(config.init), entry.num_classes) is None:
         return
     if config.class_names != entry.class_names:
-        raise EdgesegError(f"{config.init}: its classes are merged from VOC's ({', '.join(entry.class_names)}); "
-                           "fine-tune it for those classes, or start other classes from the zoo model")
+        raise merged_checkpoint_error(config.init, entry.class_names)
     if given.get("merge_head") is False:
         raise EdgesegError(f"--no-merge-head: {config.init} keeps VOC's classifier rows and merges them; it "
                            "fine-tunes only with its merged head")

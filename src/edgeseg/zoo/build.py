@@ -190,11 +190,16 @@ def init_model(init: str | Path, class_names: tuple[str, ...] | None = None,
     if names == entry.class_names:
         return trained
     if trained.class_groups is not None:
-        raise EdgesegError(f"{init}: its classes are merged from VOC's ({', '.join(entry.class_names)}); fine-tune "
-                           "it for those classes, or start other classes from the zoo model")
+        raise merged_checkpoint_error(init, entry.class_names)
     model = build_model(entry, len(names))
     load_state_checked(model, _with_classifier_for(model, trained.state_dict(), entry.class_names, names), str(init))
     return model
+
+
+def merged_checkpoint_error(init: str | Path, class_names: tuple[str, ...]) -> EdgesegError:
+    """The error for starting other classes from a merged-head checkpoint (its head keeps VOC's rows)."""
+    return EdgesegError(f"{init}: its classes are merged from VOC's ({', '.join(class_names)}); fine-tune it for "
+                        "those classes, or start other classes from the zoo model")
 
 
 def load_state_checked(model, state: dict, source: str) -> None:
